@@ -1,0 +1,256 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *	  Finding the extension's objects, running bookkeeping SQL with the
+ *	  table owner's rights, and recording failed attempts.
+ *
+ * Bookkeeping statements run as the owner of pg_background_tasks (which
+ * bypasses its row level security) inside a "privileged section": the
+ * user id is switched with SECURITY_RESTRICTED_OPERATION and search_path
+ * is pinned to pg_catalog, pg_temp, the same protection a SECURITY DEFINER
+ * function with a SET clause gets.  Every statement also qualifies every
+ * name, so nothing a user puts on its search_path can take part.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "commands/dbcommands.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "compat.h"
+#include "pgbq.h"
+
+/*
+ * pgbq_extension_namespace
+ *		Schema of an extension, read from pg_extension.
+ */
+static Oid
+pgbq_extension_namespace(Oid extoid)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			nsp = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return nsp;
+}
+
+/*
+ * pgbq_catalog_lookup
+ *		Locate the extension, its schema, the task table and its owner.
+ *		Must run inside a transaction.  Strings are allocated in the current
+ *		memory context.  Returns false (with missing_ok) if not installed.
+ */
+bool
+pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok)
+{
+	HeapTuple	tup;
+	char	   *nspname;
+
+	memset(cat, 0, sizeof(PgbqCatalog));
+	cat->extoid = get_extension_oid(PGBQ_EXTENSION_NAME, true);
+	if (OidIsValid(cat->extoid))
+		cat->nspoid = pgbq_extension_namespace(cat->extoid);
+	if (OidIsValid(cat->nspoid))
+		cat->table_oid = get_relname_relid("pg_background_tasks", cat->nspoid);
+	if (!OidIsValid(cat->table_oid))
+	{
+		if (missing_ok)
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"%s\" is not installed in database \"%s\"",
+						PGBQ_EXTENSION_NAME, get_database_name(MyDatabaseId)),
+				 errhint("Run CREATE EXTENSION %s.", PGBQ_EXTENSION_NAME)));
+	}
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(cat->table_oid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", cat->table_oid);
+	cat->owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	nspname = get_namespace_name(cat->nspoid);
+	cat->qualified_schema = pstrdup(quote_identifier(nspname));
+	cat->qualified_table = quote_qualified_identifier(nspname,
+													  "pg_background_tasks");
+	return true;
+}
+
+/*
+ * pgbq_begin_privileged
+ *		Switch to the table owner with a pinned search_path.  Returns the GUC
+ *		nest level to pass to pgbq_end_privileged.  An error inside the
+ *		section is cleaned up by transaction abort.
+ */
+int
+pgbq_begin_privileged(Oid owner, Oid *save_userid, int *save_sec_context)
+{
+	int			nestlevel;
+
+	GetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(owner, *save_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
+ * pgbq_end_privileged
+ *		Leave a privileged section.
+ */
+void
+pgbq_end_privileged(int nestlevel, Oid save_userid, int save_sec_context)
+{
+	AtEOXact_GUC(true, nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
+ * pgbq_state_retry_decision
+ *		What a failed attempt leads to: "cancelled", "retrying" (with the
+ *		delay 2^attempts seconds) or "failed" once retry_count retries have
+ *		been used.
+ */
+const char *
+pgbq_state_retry_decision(int attempts, const PgbqTopicPolicy *policy,
+						  bool cancelled, int *delay_sec)
+{
+	*delay_sec = 0;
+	if (cancelled)
+		return "cancelled";
+	if (attempts <= policy->retry_count)
+	{
+		*delay_sec = 1 << Min(Max(attempts, 1), 24);
+		return "retrying";
+	}
+	return "failed";
+}
+
+/*
+ * pgbq_notify_terminal
+ *		Tell listeners that a task reached a terminal state (sent at commit).
+ */
+void
+pgbq_notify_terminal(int64 task_id, const char *state)
+{
+	char		payload[64];
+
+	if (!pgbq_notify)
+		return;
+	snprintf(payload, sizeof(payload), INT64_FORMAT " %s", task_id, state);
+	Async_Notify(PGBQ_NOTIFY_CHANNEL, payload);
+}
+
+/*
+ * pgbq_record_attempt_failure
+ *		Record a failed (or cancelled, or interrupted) attempt of a task in
+ *		the current transaction: next state per the topic's retry policy,
+ *		the error in `errors` and appended to error_history.  The attempt
+ *		itself was already counted when it started.
+ */
+void
+pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
+							const char *topic, bool cancelled,
+							const char *sqlstate, const char *message,
+							const char *detail)
+{
+	PgbqTopicPolicy policy;
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	int			attempts;
+	int			delay;
+	const char *state;
+	char	   *sql;
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID};
+	bool		isnull;
+	int			rc;
+
+	pgbq_topic_policy(topic, &policy);
+	nest = pgbq_begin_privileged(cat->owner, &save_userid, &save_sec);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	sql = psprintf("SELECT attempts FROM %s WHERE id = $1 AND state = 'running' FOR UPDATE",
+				   cat->qualified_table);
+	args[0] = Int64GetDatum(task_id);
+	rc = SPI_execute_with_args(sql, 1, types, args, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read task " INT64_FORMAT ": %s", task_id,
+			 SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+	{
+		/* Already accounted for (e.g. by a concurrent recovery). */
+		SPI_finish();
+		pgbq_end_privileged(nest, save_userid, save_sec);
+		return;
+	}
+	attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	state = pgbq_state_retry_decision(attempts, &policy, cancelled, &delay);
+
+	sql = psprintf("UPDATE %s SET state = CAST($2 AS %s.pg_background_queue_task_state), "
+				   "closed_at = CASE WHEN $2 = 'retrying' THEN NULL ELSE now() END, "
+				   "retry_count = retry_count + CASE WHEN $2 = 'retrying' THEN 1 ELSE 0 END, "
+				   "retry_delay_in_sec = $3, "
+				   "next_run_at = CASE WHEN $2 = 'retrying' "
+				   "  THEN now() + make_interval(secs => $3) ELSE next_run_at END, "
+				   "errors = $4, "
+				   "error_history = error_history || jsonb_build_array(jsonb_build_object("
+				   "  'attempt', attempts, 'sqlstate', $5, 'message', $4, 'detail', $6, "
+				   "  'at', now())), "
+				   "worker_pid = NULL "
+				   "WHERE id = $1",
+				   cat->qualified_table, cat->qualified_schema);
+	args[1] = CStringGetTextDatum(state);
+	args[2] = Int32GetDatum(delay);
+	args[3] = CStringGetTextDatum(message ? message : "unknown error");
+	args[4] = CStringGetTextDatum(sqlstate ? sqlstate : "XX000");
+	if (detail)
+		args[5] = CStringGetTextDatum(detail);
+	else
+		nulls[5] = 'n';
+	rc = SPI_execute_with_args(sql, 6, types, args, nulls, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "could not record failure of task " INT64_FORMAT ": %s",
+			 task_id, SPI_result_code_string(rc));
+	SPI_finish();
+	pgbq_end_privileged(nest, save_userid, save_sec);
+
+	if (strcmp(state, "retrying") != 0)
+		pgbq_notify_terminal(task_id, state);
+}

@@ -1,0 +1,132 @@
+/*-------------------------------------------------------------------------
+ *
+ * executor.c
+ *	  Running a task's SQL text in a worker the way a client's simple query
+ *	  would run, and resetting session state between tasks.
+ *
+ * Statements run as top-level portals, exactly as exec_simple_query does:
+ * a single statement may be one that cannot run inside a transaction block
+ * (VACUUM, CREATE INDEX CONCURRENTLY, a procedure that COMMITs), and a
+ * script of several statements runs in one implicit transaction block, so
+ * it is all or nothing.  The caller has started a transaction and commits
+ * it after marking the task finished, so for transactional statements the
+ * effects and the finished mark commit together.
+ *
+ * Parse and plan trees live in the caller's memory context, not in a
+ * transaction context, because statements such as VACUUM commit and start
+ * transactions while we still walk the list.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/async.h"
+#include "commands/prepare.h"
+#include "commands/sequence.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/analyze.h"
+#include "pgstat.h"
+#include "storage/lock.h"
+#include "tcop/pquery.h"
+#include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/portal.h"
+#include "utils/ps_status.h"
+#include "utils/snapmgr.h"
+
+#include "compat.h"
+#include "pgbq.h"
+
+/*
+ * pgbq_execute_sql
+ *		Run every statement of sql; errors propagate to the caller.
+ */
+void
+pgbq_execute_sql(const char *sql)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	List	   *parsetree_list;
+	ListCell   *lc;
+	bool		use_implicit_block;
+
+	parsetree_list = pg_parse_query(sql);
+	use_implicit_block = (list_length(parsetree_list) > 1);
+	if (use_implicit_block)
+		BeginImplicitTransactionBlock();
+
+	foreach(lc, parsetree_list)
+	{
+		RawStmt    *parsetree = lfirst_node(RawStmt, lc);
+		bool		snapshot_set = false;
+		CommandTag	commandTag;
+		QueryCompletion qc;
+		List	   *querytree_list;
+		List	   *plantree_list;
+		Portal		portal;
+		DestReceiver *receiver;
+		int16		format = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(ctx);
+
+		commandTag = CreateCommandTag(parsetree->stmt);
+		set_ps_display(GetCommandTagName(commandTag));
+
+		if (analyze_requires_snapshot(parsetree))
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			snapshot_set = true;
+		}
+		querytree_list = pgbq_analyze_and_rewrite(parsetree, sql);
+		plantree_list = pg_plan_queries(querytree_list, sql,
+										CURSOR_OPT_PARALLEL_OK, NULL);
+		if (snapshot_set)
+			PopActiveSnapshot();
+
+		CHECK_FOR_INTERRUPTS();
+
+		portal = CreatePortal("", true, true);
+		portal->visible = false;
+		PortalDefineQuery(portal, NULL, sql, commandTag, plantree_list, NULL);
+		PortalStart(portal, NULL, 0, InvalidSnapshot);
+		PortalSetResultFormat(portal, 1, &format);
+
+		receiver = CreateDestReceiver(DestNone);
+		(void) PortalRun(portal, FETCH_ALL, true, true, receiver, receiver, &qc);
+		receiver->rDestroy(receiver);
+		PortalDrop(portal, false);
+
+		/* Later statements of the script see this one's effects. */
+		if (lnext(parsetree_list, lc) != NULL)
+			CommandCounterIncrement();
+	}
+
+	if (use_implicit_block)
+		EndImplicitTransactionBlock();
+	MemoryContextSwitchTo(ctx);
+	set_ps_display("idle");
+}
+
+/*
+ * pgbq_reset_session
+ *		Undo whatever session state the previous task left behind: what
+ *		DISCARD ALL does, minus the plan cache reset (our own cached plans
+ *		are not the task's business).  Resetting session_authorization also
+ *		drops any SET ROLE.  Runs inside a transaction.
+ */
+void
+pgbq_reset_session(void)
+{
+	PortalHashTableDeleteAll();
+	SetPGVariable("session_authorization", NIL, false);
+	ResetAllOptions();
+	DropAllPreparedStatements();
+	Async_UnlistenAll();
+	LockReleaseAll(USER_LOCKMETHOD, true);
+	ResetTempTableNamespace();
+	ResetSequenceCaches();
+}

@@ -1,0 +1,538 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher: one static background worker, connected to no database
+ *	  (it reads only the shared catalog pg_database).  It never runs task
+ *	  SQL.  It
+ *	  - starts task workers for (database, role) pairs with outstanding
+ *		demand, up to max_parallel_running_tasks_count workers in all, and
+ *		asks idle workers of other pairs to make room when the cap is hit;
+ *	  - starts a worker when delayed work of a pair without workers becomes
+ *		eligible;
+ *	  - starts maintenance passes: for every database after a (re)start,
+ *		periodically for databases that have the extension, and on request
+ *		(a worker died holding a task, ensure_workers());
+ *	  - frees slots of workers that vanished without cleaning up.
+ *
+ * It sleeps on its latch, woken by commits that announce work, by the
+ * postmaster when a worker it started stops (bgw_notify_pid), and by
+ * timeouts computed from the earliest thing it has to do.  If it is killed
+ * it is restarted by the postmaster and adopts the existing slots.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "pgbq.h"
+
+#define PGBQ_MAX_CONCURRENT_MAINTENANCE 2
+#define PGBQ_START_FAILURE_BACKOFF_MS 1000
+#define PGBQ_STARTING_TIMEOUT_US (60 * USECS_PER_SEC)
+
+static BackgroundWorkerHandle **pgbq_handles = NULL;
+static TimestampTz pgbq_last_start_failure_log = 0;
+
+/*
+ * pgbq_register_launcher
+ *		Register the static launcher worker; called from _PG_init.
+ */
+void
+pgbq_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_background_queue");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "pgbq_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_background_queue launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_background_queue launcher");
+	worker.bgw_notify_pid = 0;
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * pgbq_launcher_detach
+ *		Forget the launcher's latch on exit.
+ */
+static void
+pgbq_launcher_detach(int code, Datum arg)
+{
+	(void) code;
+	(void) arg;
+	if (pgbq_shared == NULL)
+		return;
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	if (pgbq_shared->launcher_pid == MyProcPid)
+	{
+		pgbq_shared->launcher_pid = 0;
+		pgbq_shared->launcher_latch = NULL;
+	}
+	LWLockRelease(pgbq_shared->lock);
+}
+
+/*
+ * pgbq_start_worker
+ *		Reserve a slot and register a dynamic worker for it.  Returns false
+ *		if no slot or no background worker process is available.
+ */
+static bool
+pgbq_start_worker(PgbqWorkerKind kind, Oid dboid, Oid roleoid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	PgbqSlot   *s = NULL;
+	int			slotno = -1;
+	uint32		generation = 0;
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		if (pgbq_shared->slots[i].state == PGBQ_SLOT_FREE)
+		{
+			s = &pgbq_shared->slots[i];
+			slotno = i;
+			break;
+		}
+	}
+	if (s != NULL)
+	{
+		pgbq_slot_clear(s);
+		s->generation++;
+		generation = s->generation;
+		s->state = PGBQ_SLOT_STARTING;
+		s->kind = kind;
+		s->dboid = dboid;
+		s->roleoid = roleoid;
+		s->backend_start = GetCurrentTimestamp();
+	}
+	LWLockRelease(pgbq_shared->lock);
+	if (s == NULL)
+		return false;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_background_queue");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "pgbq_worker_main");
+	if (kind == PGBQ_KIND_TASK)
+	{
+		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_background_queue worker");
+		snprintf(worker.bgw_type, BGW_MAXLEN, "pg_background_queue worker");
+	}
+	else
+	{
+		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_background_queue maintenance");
+		snprintf(worker.bgw_type, BGW_MAXLEN, "pg_background_queue maintenance");
+	}
+	worker.bgw_main_arg = Int32GetDatum(slotno);
+	memcpy(worker.bgw_extra, &generation, sizeof(uint32));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+		pgbq_slot_clear(s);
+		LWLockRelease(pgbq_shared->lock);
+		if (TimestampDifferenceExceeds(pgbq_last_start_failure_log, now, 60 * 1000))
+		{
+			ereport(LOG,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("pg_background_queue: could not start a worker: no free background worker slots"),
+					 errdetail("Queued tasks wait until a slot frees up; nothing is lost."),
+					 errhint("Consider increasing max_worker_processes (currently %d).",
+							 max_worker_processes)));
+			pgbq_last_start_failure_log = now;
+		}
+		return false;
+	}
+	if (pgbq_handles[slotno])
+		pfree(pgbq_handles[slotno]);
+	pgbq_handles[slotno] = handle;
+	return true;
+}
+
+/*
+ * pgbq_reap_slots
+ *		Free slots whose process is gone without having cleaned up (it can
+ *		only happen for a worker that never attached, or one killed in a way
+ *		that skipped its exit callback).  A slot that held a task asks for a
+ *		maintenance pass of its database.
+ */
+static void
+pgbq_reap_slots(TimestampTz now)
+{
+	int			i;
+
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+		BackgroundWorkerHandle *h = pgbq_handles[i];
+		bool		gone = false;
+		pid_t		pid;
+
+		if (h != NULL)
+		{
+			if (GetBackgroundWorkerPid(h, &pid) == BGWH_STOPPED)
+			{
+				pfree(h);
+				pgbq_handles[i] = NULL;
+				gone = true;
+			}
+		}
+		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+		if (s->state != PGBQ_SLOT_FREE)
+		{
+			if (!gone && h == NULL)
+			{
+				/* Adopted from an earlier launcher: probe the process. */
+				if (s->pid > 0)
+					gone = (kill(s->pid, 0) != 0 && errno == ESRCH);
+				else if (s->state == PGBQ_SLOT_STARTING)
+					gone = (now - s->backend_start > PGBQ_STARTING_TIMEOUT_US);
+			}
+			if (gone)
+			{
+				if (s->state == PGBQ_SLOT_RUNNING)
+				{
+					PgbqDatabase *db = pgbq_database_lookup(s->dboid, true);
+
+					if (db)
+						db->maintenance_requested = true;
+				}
+				pgbq_slot_clear(s);
+			}
+		}
+		LWLockRelease(pgbq_shared->lock);
+	}
+}
+
+/*
+ * pgbq_scan_databases
+ *		Request a maintenance pass of every database that accepts
+ *		connections.
+ */
+static void
+pgbq_scan_databases(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	List	   *oids = NIL;
+	ListCell   *lc;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datallowconn && !db->datistemplate)
+			oids = lappend_oid(oids, db->oid);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	foreach(lc, oids)
+	{
+		PgbqDatabase *db = pgbq_database_lookup(lfirst_oid(lc), true);
+
+		if (db)
+			db->maintenance_requested = true;
+	}
+	pgbq_shared->rescan_requested = false;
+	LWLockRelease(pgbq_shared->lock);
+	list_free(oids);
+}
+
+/*
+ * pgbq_count_workers
+ *		Count slots in use: task workers in all, task workers of one pair,
+ *		maintenance workers in all and of one database.  Caller holds lock.
+ */
+static void
+pgbq_count_workers(Oid dboid, Oid roleoid, int *tasks_all, int *tasks_pair,
+				   int *maint_all, int *maint_db)
+{
+	int			i;
+
+	*tasks_all = *tasks_pair = *maint_all = *maint_db = 0;
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_FREE)
+			continue;
+		if (s->kind == PGBQ_KIND_TASK)
+		{
+			(*tasks_all)++;
+			if (s->dboid == dboid && s->roleoid == roleoid && !s->exit_requested)
+				(*tasks_pair)++;
+		}
+		else
+		{
+			(*maint_all)++;
+			if (s->dboid == dboid)
+				(*maint_db)++;
+		}
+	}
+}
+
+/*
+ * pgbq_make_room
+ *		Ask one idle worker of another (database, role) pair to exit so that
+ *		the pair (dboid, roleoid) can get a worker.  Caller holds the lock.
+ */
+static void
+pgbq_make_room(Oid dboid, Oid roleoid)
+{
+	int			i;
+
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_IDLE && s->kind == PGBQ_KIND_TASK &&
+			!s->exit_requested &&
+			(s->dboid != dboid || s->roleoid != roleoid))
+		{
+			s->exit_requested = true;
+			if (s->latch)
+				SetLatch(s->latch);
+			return;
+		}
+	}
+}
+
+/*
+ * pgbq_schedule_maintenance
+ *		Start due maintenance passes; returns the next time one is due.
+ */
+static TimestampTz
+pgbq_schedule_maintenance(TimestampTz now)
+{
+	TimestampTz next_due = 0;
+	int64		interval = (int64) pgbq_maintenance_interval * USECS_PER_SEC;
+	int			i;
+
+	for (i = 0; i < PGBQ_MAX_DATABASES; i++)
+	{
+		PgbqDatabase *db = &pgbq_shared->databases[i];
+		bool		due;
+		Oid			dboid;
+		int			tasks_all;
+		int			tasks_pair;
+		int			maint_all;
+		int			maint_db;
+		TimestampTz due_at;
+
+		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+		if (!db->in_use)
+		{
+			LWLockRelease(pgbq_shared->lock);
+			continue;
+		}
+		dboid = db->dboid;
+		due_at = db->last_maintenance + interval;
+		due = db->maintenance_requested || (db->has_extension && due_at <= now);
+		pgbq_count_workers(dboid, InvalidOid, &tasks_all, &tasks_pair,
+						   &maint_all, &maint_db);
+		if (due && maint_db == 0 && maint_all < PGBQ_MAX_CONCURRENT_MAINTENANCE)
+		{
+			db->maintenance_requested = false;
+			db->last_maintenance = now;
+			LWLockRelease(pgbq_shared->lock);
+			if (!pgbq_start_worker(PGBQ_KIND_MAINTENANCE, dboid, InvalidOid))
+			{
+				LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+				db->maintenance_requested = true;
+				LWLockRelease(pgbq_shared->lock);
+				due_at = now + PGBQ_START_FAILURE_BACKOFF_MS * 1000;
+			}
+			else
+				due_at = now + interval;
+		}
+		else
+		{
+			if (due)
+				due_at = now + PGBQ_START_FAILURE_BACKOFF_MS * 1000;
+			LWLockRelease(pgbq_shared->lock);
+			if (!due && !db->has_extension)
+				continue;
+		}
+		if (next_due == 0 || due_at < next_due)
+			next_due = due_at;
+	}
+	return next_due;
+}
+
+/*
+ * pgbq_schedule_task_workers
+ *		Start task workers where demand exceeds idle workers; returns the
+ *		next time something is due.
+ */
+static TimestampTz
+pgbq_schedule_task_workers(TimestampTz now)
+{
+	TimestampTz next_due = 0;
+	int			i;
+
+	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
+	{
+		PgbqDemand *d = &pgbq_shared->demands[i];
+		Oid			dboid;
+		Oid			roleoid;
+		int			need;
+		int			tasks_all;
+		int			tasks_pair;
+		int			maint_all;
+		int			maint_db;
+
+		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+		if (!d->in_use)
+		{
+			LWLockRelease(pgbq_shared->lock);
+			continue;
+		}
+		dboid = d->dboid;
+		roleoid = d->roleoid;
+		pgbq_count_workers(dboid, roleoid, &tasks_all, &tasks_pair,
+						   &maint_all, &maint_db);
+		if (d->retry_after > now)
+		{
+			if (next_due == 0 || d->retry_after < next_due)
+				next_due = d->retry_after;
+			LWLockRelease(pgbq_shared->lock);
+			continue;
+		}
+		need = d->want;
+		if (d->wake_at != 0 && d->wake_at <= now)
+		{
+			d->wake_at = 0;
+			if (tasks_pair == 0)
+				need = Max(need, 1);
+		}
+		if (d->wake_at != 0 && (next_due == 0 || d->wake_at < next_due))
+			next_due = d->wake_at;
+		if (need > 0 && tasks_all >= pgbq_max_parallel)
+			pgbq_make_room(dboid, roleoid);
+		if (need <= 0 && d->wake_at == 0 && tasks_pair == 0)
+			d->in_use = false;	/* nothing to remember */
+		LWLockRelease(pgbq_shared->lock);
+
+		while (need > 0 && tasks_all < pgbq_max_parallel)
+		{
+			if (!pgbq_start_worker(PGBQ_KIND_TASK, dboid, roleoid))
+			{
+				LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+				if (d->in_use && d->dboid == dboid && d->roleoid == roleoid)
+					d->retry_after = now + PGBQ_START_FAILURE_BACKOFF_MS * 1000;
+				LWLockRelease(pgbq_shared->lock);
+				if (next_due == 0 || now + PGBQ_START_FAILURE_BACKOFF_MS * 1000 < next_due)
+					next_due = now + PGBQ_START_FAILURE_BACKOFF_MS * 1000;
+				break;
+			}
+			need--;
+			tasks_all++;
+		}
+		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid)
+			d->want = Max(need, 0);
+		LWLockRelease(pgbq_shared->lock);
+	}
+	return next_due;
+}
+
+/*
+ * pgbq_launcher_main
+ *		Entry point of the launcher.
+ */
+void
+pgbq_launcher_main(Datum main_arg)
+{
+	(void) main_arg;
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	pgbq_handles = MemoryContextAllocZero(TopMemoryContext,
+										  sizeof(BackgroundWorkerHandle *) *
+										  pgbq_shared->nslots);
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	pgbq_shared->launcher_pid = MyProcPid;
+	pgbq_shared->launcher_latch = MyLatch;
+	LWLockRelease(pgbq_shared->lock);
+	before_shmem_exit(pgbq_launcher_detach, 0);
+
+	for (;;)
+	{
+		TimestampTz now;
+		TimestampTz next_due;
+		TimestampTz t;
+		bool		rescan;
+		long		timeout_ms;
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		now = GetCurrentTimestamp();
+		pgbq_reap_slots(now);
+
+		LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+		rescan = pgbq_shared->rescan_requested;
+		LWLockRelease(pgbq_shared->lock);
+		if (rescan)
+			pgbq_scan_databases();
+
+		next_due = pgbq_schedule_maintenance(now);
+		t = pgbq_schedule_task_workers(now);
+		if (t != 0 && (next_due == 0 || t < next_due))
+			next_due = t;
+
+		if (next_due == 0)
+			timeout_ms = (long) pgbq_maintenance_interval * 1000;
+		else
+			timeout_ms = (long) Max((next_due - GetCurrentTimestamp() + 999) / 1000, 1);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout_ms, PG_WAIT_EXTENSION);
+	}
+}

@@ -1,0 +1,221 @@
+/*-------------------------------------------------------------------------
+ *
+ * pgbq.h
+ *	  Declarations shared by the parts of pg_background_queue.
+ *
+ * Processes:
+ *	- the launcher (one static background worker, no database) keeps worker
+ *	  pools at the size the queue needs and starts maintenance passes;
+ *	- task workers (dynamic, one (database, role) each) claim, run and
+ *	  finish tasks of that role;
+ *	- maintenance workers (dynamic, one database, superuser) recover
+ *	  orphaned tasks, prune old ones and rebuild the demand table.
+ *
+ * Shared memory holds one slot per possible worker, a demand table keyed by
+ * (database, role), a database table and per-topic rate limit state, all
+ * protected by one LWLock (see shmem.c for the rules).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PGBQ_H
+#define PGBQ_H
+
+#include "datatype/timestamp.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+
+#define PGBQ_EXTENSION_NAME		"pg_background_queue"
+#define PGBQ_NOTIFY_CHANNEL		"pg_background_queue"
+#define PGBQ_TOPIC_MAXLEN		(NAMEDATALEN - 1)
+
+#define PGBQ_MAX_DEMANDS		256
+#define PGBQ_MAX_DATABASES		128
+#define PGBQ_MAX_RATE_TOPICS	512
+
+/* ---------------------------------------------------------------------
+ * GUCs and topic configuration (guc.c)
+ * ------------------------------------------------------------------- */
+
+extern int	pgbq_max_parallel;
+extern int	pgbq_retry_count;
+extern double pgbq_delay_in_sec;
+extern int	pgbq_timeout_in_sec;
+extern int	pgbq_worker_idle_timeout;
+extern int	pgbq_retention_in_sec;
+extern int	pgbq_maintenance_interval;
+extern bool pgbq_strict_topics;
+extern bool pgbq_notify;
+
+/* Effective settings of one topic after merging topic_config over GUCs. */
+typedef struct PgbqTopicPolicy
+{
+	bool		configured;		/* named in topic_config */
+	int			max_parallel;	/* -1: only the global limit applies */
+	int			retry_count;
+	double		delay_in_sec;
+	int			priority;
+	int			timeout_in_sec; /* 0: none */
+} PgbqTopicPolicy;
+
+extern void pgbq_guc_init(void);
+extern void pgbq_topic_policy(const char *topic, PgbqTopicPolicy *policy);
+extern bool pgbq_topic_configured(const char *topic);
+extern int	pgbq_configured_topic_count(void);
+extern const char *pgbq_configured_topic_name(int i);
+
+/* ---------------------------------------------------------------------
+ * Shared memory (shmem.c)
+ * ------------------------------------------------------------------- */
+
+typedef enum PgbqSlotState
+{
+	PGBQ_SLOT_FREE = 0,
+	PGBQ_SLOT_STARTING,			/* reserved by the launcher, not yet attached */
+	PGBQ_SLOT_IDLE,				/* attached, holds no task */
+	PGBQ_SLOT_RUNNING			/* holds a task */
+} PgbqSlotState;
+
+typedef enum PgbqWorkerKind
+{
+	PGBQ_KIND_TASK = 1,
+	PGBQ_KIND_MAINTENANCE
+} PgbqWorkerKind;
+
+typedef struct PgbqSlot
+{
+	PgbqSlotState state;
+	PgbqWorkerKind kind;
+	uint32		generation;		/* bumped on every reservation */
+	pid_t		pid;
+	Oid			dboid;
+	Oid			roleoid;
+	Latch	   *latch;
+	int64		task_id;
+	bool		topic_isnull;
+	char		topic[NAMEDATALEN];
+	TimestampTz task_started_at;
+	TimestampTz backend_start;
+	uint64		tasks_done;
+	bool		cancel_requested;	/* for task_id */
+	bool		exit_requested;
+	bool		waiting_capacity;	/* wake me when a running slot frees */
+} PgbqSlot;
+
+typedef struct PgbqDemand
+{
+	bool		in_use;
+	Oid			dboid;
+	Oid			roleoid;
+	int			want;			/* workers wanted beyond the idle ones */
+	uint64		seq;			/* bumped whenever work is announced */
+	TimestampTz wake_at;		/* start a worker at this time (0: none) */
+	TimestampTz retry_after;	/* back off after failed starts */
+} PgbqDemand;
+
+typedef struct PgbqDatabase
+{
+	bool		in_use;
+	Oid			dboid;
+	bool		has_extension;
+	bool		maintenance_requested;
+	TimestampTz last_maintenance;
+} PgbqDatabase;
+
+typedef struct PgbqRateTopic
+{
+	bool		in_use;
+	bool		isnull;
+	char		topic[NAMEDATALEN];
+	TimestampTz last_start;
+} PgbqRateTopic;
+
+typedef struct PgbqShared
+{
+	LWLock	   *lock;
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	bool		rescan_requested;	/* maintenance for every database */
+	int			nslots;
+	PgbqDemand	demands[PGBQ_MAX_DEMANDS];
+	PgbqDatabase databases[PGBQ_MAX_DATABASES];
+	PgbqRateTopic rates[PGBQ_MAX_RATE_TOPICS];
+	PgbqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+} PgbqShared;
+
+extern PgbqShared *pgbq_shared;
+
+extern void pgbq_shmem_init(void);
+extern void pgbq_require_shmem(void);
+
+/* Outcome of asking for permission to start a task. */
+typedef enum PgbqStartResult
+{
+	PGBQ_START_OK,
+	PGBQ_START_NO_CAPACITY,		/* global or topic concurrency limit */
+	PGBQ_START_RATE_LIMITED		/* topic delay_in_sec not yet elapsed */
+} PgbqStartResult;
+
+extern PgbqStartResult pgbq_slot_try_start(int slotno, int64 task_id,
+										   const char *topic,
+										   const PgbqTopicPolicy *policy,
+										   TimestampTz now,
+										   TimestampTz *retry_at);
+extern void pgbq_slot_finish_task(int slotno);
+extern void pgbq_slot_clear(PgbqSlot *s);
+extern PgbqDemand *pgbq_demand_lookup(Oid dboid, Oid roleoid, bool create);
+extern PgbqDatabase *pgbq_database_lookup(Oid dboid, bool create);
+extern void pgbq_announce_work(Oid dboid, Oid roleoid, int ready,
+							   TimestampTz earliest_future);
+extern void pgbq_request_maintenance(Oid dboid);
+extern void pgbq_wake_launcher(void);
+extern int	pgbq_live_task_workers(bool calibrate);
+extern bool pgbq_signal_cancel(int64 task_id, Oid dboid);
+extern void pgbq_request_database_exit(Oid dboid);
+
+/* ---------------------------------------------------------------------
+ * Catalog helpers (catalog.c)
+ * ------------------------------------------------------------------- */
+
+typedef struct PgbqCatalog
+{
+	Oid			extoid;
+	Oid			nspoid;
+	Oid			table_oid;
+	Oid			owner;
+	char	   *qualified_table;	/* quoted schema.pg_background_tasks */
+	char	   *qualified_schema;	/* quoted schema */
+} PgbqCatalog;
+
+extern bool pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok);
+extern int	pgbq_begin_privileged(Oid owner, Oid *save_userid,
+								  int *save_sec_context);
+extern void pgbq_end_privileged(int nestlevel, Oid save_userid,
+								int save_sec_context);
+extern const char *pgbq_state_retry_decision(int attempts,
+											 const PgbqTopicPolicy *policy,
+											 bool cancelled, int *delay_sec);
+extern void pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
+										const char *topic, bool cancelled,
+										const char *sqlstate,
+										const char *message,
+										const char *detail);
+extern void pgbq_notify_terminal(int64 task_id, const char *state);
+
+/* ---------------------------------------------------------------------
+ * Processes (launcher.c, worker.c, maintenance.c, executor.c)
+ * ------------------------------------------------------------------- */
+
+extern void pgbq_register_launcher(void);
+extern PGDLLEXPORT void pgbq_launcher_main(Datum main_arg);
+extern PGDLLEXPORT void pgbq_worker_main(Datum main_arg);
+extern void pgbq_maintenance_run(int slotno);
+extern void pgbq_execute_sql(const char *sql);
+extern void pgbq_reset_session(void);
+
+/* ---------------------------------------------------------------------
+ * Enqueue-side helpers (enqueue.c)
+ * ------------------------------------------------------------------- */
+
+extern void pgbq_enqueue_init(void);
+
+#endif							/* PGBQ_H */

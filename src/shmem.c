@@ -1,0 +1,518 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  Shared state of pg_background_queue.
+ *
+ * Locking rules: every field of PgbqShared is read and written with
+ * pgbq_shared->lock held (shared for reads, exclusive for writes), except
+ * that a slot's latch may be set without the lock once it has been read
+ * under it.  Worker accounting is derived from the slots themselves, never
+ * from a separate counter, so it cannot drift: a slot is in use from the
+ * moment the launcher reserves it until the process behind it has exited
+ * (the worker frees it on exit; the launcher frees slots whose process
+ * vanished without doing so, and a crash restart reinitialises everything).
+ *
+ * Concurrency limits are checked and taken in one critical section
+ * (pgbq_slot_try_start), so neither the global nor a topic limit can be
+ * exceeded under any interleaving.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "pgbq.h"
+
+PgbqShared *pgbq_shared = NULL;
+
+#define PGBQ_LWLOCK_TRANCHE "pg_background_queue"
+
+/*
+ * pgbq_shmem_size
+ *		Bytes needed: one slot per possible background worker.
+ */
+static Size
+pgbq_shmem_size(void)
+{
+	return add_size(offsetof(PgbqShared, slots),
+					mul_size(sizeof(PgbqSlot), max_worker_processes));
+}
+
+/*
+ * pgbq_require_shmem
+ *		Ask for our shared memory and lock.  From 15 on this runs in the
+ *		shmem_request_hook, before that directly in _PG_init.
+ */
+void
+pgbq_require_shmem(void)
+{
+	RequestAddinShmemSpace(pgbq_shmem_size());
+	RequestNamedLWLockTranche(PGBQ_LWLOCK_TRANCHE, 1);
+}
+
+/*
+ * pgbq_shmem_init
+ *		shmem_startup_hook body: create or attach to the shared state.
+ */
+void
+pgbq_shmem_init(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	pgbq_shared = ShmemInitStruct("pg_background_queue", pgbq_shmem_size(),
+								  &found);
+	if (!found)
+	{
+		memset(pgbq_shared, 0, pgbq_shmem_size());
+		pgbq_shared->lock = &(GetNamedLWLockTranche(PGBQ_LWLOCK_TRANCHE))->lock;
+		pgbq_shared->nslots = max_worker_processes;
+		/* After a (re)start, every database needs a maintenance pass. */
+		pgbq_shared->rescan_requested = true;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * pgbq_slot_clear
+ *		Mark a slot free, keeping its generation.  Caller holds the lock.
+ */
+void
+pgbq_slot_clear(PgbqSlot *s)
+{
+	uint32		generation = s->generation;
+
+	memset(s, 0, sizeof(PgbqSlot));
+	s->generation = generation;
+	s->state = PGBQ_SLOT_FREE;
+}
+
+/*
+ * pgbq_rate_lookup
+ *		Rate limit state of a topic, created on demand.  Entries whose
+ *		delay has long elapsed are recycled when the table is full; if none
+ *		can be recycled, NULL is returned and the caller must treat the
+ *		topic as rate limited.  Caller holds the lock exclusively.
+ */
+static PgbqRateTopic *
+pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
+{
+	PgbqRateTopic *freeent = NULL;
+	PgbqRateTopic *oldest = NULL;
+	int			i;
+
+	for (i = 0; i < PGBQ_MAX_RATE_TOPICS; i++)
+	{
+		PgbqRateTopic *r = &pgbq_shared->rates[i];
+
+		if (!r->in_use)
+		{
+			if (freeent == NULL)
+				freeent = r;
+			continue;
+		}
+		if (topic == NULL ? r->isnull : (!r->isnull && strcmp(r->topic, topic) == 0))
+			return r;
+		if (oldest == NULL || r->last_start < oldest->last_start)
+			oldest = r;
+	}
+	if (freeent == NULL)
+	{
+		/* Recycle an entry that no longer constrains anything. */
+		if (oldest == NULL ||
+			oldest->last_start + (int64) (delay * USECS_PER_SEC) > now)
+			return NULL;
+		freeent = oldest;
+	}
+	memset(freeent, 0, sizeof(PgbqRateTopic));
+	freeent->in_use = true;
+	freeent->isnull = (topic == NULL);
+	if (topic)
+		strlcpy(freeent->topic, topic, NAMEDATALEN);
+	freeent->last_start = 0;
+	return freeent;
+}
+
+/*
+ * pgbq_slot_try_start
+ *		Atomically check the global limit, the topic's limit and its rate
+ *		limit, and if all allow it mark the slot as running the task.
+ */
+PgbqStartResult
+pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
+					const PgbqTopicPolicy *policy, TimestampTz now,
+					TimestampTz *retry_at)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[slotno];
+	PgbqRateTopic *rate = NULL;
+	int			running = 0;
+	int			topic_running = 0;
+	int			i;
+
+	*retry_at = 0;
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state != PGBQ_SLOT_RUNNING || i == slotno)
+			continue;
+		running++;
+		if (topic == NULL ? s->topic_isnull
+			: (!s->topic_isnull && strcmp(s->topic, topic) == 0))
+			topic_running++;
+	}
+	if (running >= pgbq_max_parallel ||
+		(policy->max_parallel >= 0 && topic_running >= policy->max_parallel))
+	{
+		me->waiting_capacity = true;
+		LWLockRelease(pgbq_shared->lock);
+		return PGBQ_START_NO_CAPACITY;
+	}
+	if (policy->delay_in_sec > 0)
+	{
+		int64		delay_us = (int64) (policy->delay_in_sec * USECS_PER_SEC);
+
+		rate = pgbq_rate_lookup(topic, now, policy->delay_in_sec);
+		if (rate == NULL)
+		{
+			*retry_at = now + delay_us;
+			LWLockRelease(pgbq_shared->lock);
+			return PGBQ_START_RATE_LIMITED;
+		}
+		if (rate->last_start != 0 && rate->last_start + delay_us > now)
+		{
+			*retry_at = rate->last_start + delay_us;
+			LWLockRelease(pgbq_shared->lock);
+			return PGBQ_START_RATE_LIMITED;
+		}
+		rate->last_start = now;
+	}
+	me->state = PGBQ_SLOT_RUNNING;
+	me->task_id = task_id;
+	me->topic_isnull = (topic == NULL);
+	if (topic)
+		strlcpy(me->topic, topic, NAMEDATALEN);
+	else
+		me->topic[0] = '\0';
+	me->task_started_at = now;
+	me->cancel_requested = false;
+	me->waiting_capacity = false;
+	LWLockRelease(pgbq_shared->lock);
+	return PGBQ_START_OK;
+}
+
+/*
+ * pgbq_wake_capacity_waiters
+ *		Set the latch of every worker that found no free capacity.  Caller
+ *		holds the lock exclusively.
+ */
+static void
+pgbq_wake_capacity_waiters(void)
+{
+	int			i;
+
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_IDLE && s->waiting_capacity && s->latch)
+		{
+			s->waiting_capacity = false;
+			SetLatch(s->latch);
+		}
+	}
+}
+
+/*
+ * pgbq_slot_finish_task
+ *		The slot no longer runs a task; wake workers waiting for capacity.
+ */
+void
+pgbq_slot_finish_task(int slotno)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[slotno];
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	if (me->state == PGBQ_SLOT_RUNNING)
+	{
+		me->state = PGBQ_SLOT_IDLE;
+		me->tasks_done++;
+	}
+	me->task_id = 0;
+	me->cancel_requested = false;
+	pgbq_wake_capacity_waiters();
+	LWLockRelease(pgbq_shared->lock);
+}
+
+/*
+ * pgbq_demand_lookup
+ *		Demand entry of (database, role).  Caller holds the lock (exclusive
+ *		if create is true).  Returns NULL if absent, or if the table is full.
+ */
+PgbqDemand *
+pgbq_demand_lookup(Oid dboid, Oid roleoid, bool create)
+{
+	PgbqDemand *freeent = NULL;
+	int			i;
+
+	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
+	{
+		PgbqDemand *d = &pgbq_shared->demands[i];
+
+		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid)
+			return d;
+		if (!d->in_use && freeent == NULL)
+			freeent = d;
+	}
+	if (!create || freeent == NULL)
+		return NULL;
+	memset(freeent, 0, sizeof(PgbqDemand));
+	freeent->in_use = true;
+	freeent->dboid = dboid;
+	freeent->roleoid = roleoid;
+	return freeent;
+}
+
+/*
+ * pgbq_database_lookup
+ *		Database entry, created on demand.  Caller holds the lock (exclusive
+ *		if create is true).
+ */
+PgbqDatabase *
+pgbq_database_lookup(Oid dboid, bool create)
+{
+	PgbqDatabase *freeent = NULL;
+	int			i;
+
+	for (i = 0; i < PGBQ_MAX_DATABASES; i++)
+	{
+		PgbqDatabase *d = &pgbq_shared->databases[i];
+
+		if (d->in_use && d->dboid == dboid)
+			return d;
+		if (!d->in_use && freeent == NULL)
+			freeent = d;
+	}
+	if (!create || freeent == NULL)
+		return NULL;
+	memset(freeent, 0, sizeof(PgbqDatabase));
+	freeent->in_use = true;
+	freeent->dboid = dboid;
+	freeent->has_extension = true;
+	return freeent;
+}
+
+/*
+ * pgbq_wake_launcher
+ *		Set the launcher's latch, if it runs.
+ */
+void
+pgbq_wake_launcher(void)
+{
+	Latch	   *latch;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	latch = pgbq_shared->launcher_latch;
+	LWLockRelease(pgbq_shared->lock);
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * pgbq_announce_work
+ *		Called after a commit that made tasks of (database, role) eligible:
+ *		wake up to "ready" idle workers of that pair, and ask the launcher
+ *		for more workers if that is not enough.  earliest_future is the
+ *		earliest eligibility time of tasks that are not eligible yet.
+ */
+void
+pgbq_announce_work(Oid dboid, Oid roleoid, int ready,
+				   TimestampTz earliest_future)
+{
+	PgbqDemand *d;
+	PgbqDatabase *db;
+	bool		wake_launcher = false;
+	int			idle_workers = 0;
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	db = pgbq_database_lookup(dboid, true);
+	if (db)
+		db->has_extension = true;
+	d = pgbq_demand_lookup(dboid, roleoid, true);
+	if (d)
+		d->seq++;
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->kind != PGBQ_KIND_TASK || s->dboid != dboid ||
+			s->roleoid != roleoid || s->exit_requested)
+			continue;
+		if (s->state == PGBQ_SLOT_IDLE || s->state == PGBQ_SLOT_STARTING)
+		{
+			if (s->state == PGBQ_SLOT_IDLE && s->latch && idle_workers < Max(ready, 1))
+				SetLatch(s->latch);
+			idle_workers++;
+		}
+	}
+	if (d == NULL)
+	{
+		/* Demand table full: a maintenance pass will rebuild it. */
+		if (db)
+			db->maintenance_requested = true;
+		wake_launcher = true;
+	}
+	else
+	{
+		if (ready > idle_workers)
+		{
+			d->want = Max(d->want, ready - idle_workers);
+			d->want = Min(d->want, Max(pgbq_max_parallel, 1));
+			d->retry_after = 0;
+			wake_launcher = true;
+		}
+		if (earliest_future != 0 &&
+			(d->wake_at == 0 || earliest_future < d->wake_at))
+		{
+			d->wake_at = earliest_future;
+			wake_launcher = true;
+		}
+	}
+	LWLockRelease(pgbq_shared->lock);
+	if (wake_launcher)
+		pgbq_wake_launcher();
+}
+
+/*
+ * pgbq_request_maintenance
+ *		Ask the launcher for a maintenance pass of a database.
+ */
+void
+pgbq_request_maintenance(Oid dboid)
+{
+	PgbqDatabase *db;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	db = pgbq_database_lookup(dboid, true);
+	if (db)
+	{
+		db->has_extension = true;
+		db->maintenance_requested = true;
+	}
+	else
+		pgbq_shared->rescan_requested = true;
+	LWLockRelease(pgbq_shared->lock);
+	pgbq_wake_launcher();
+}
+
+/*
+ * pgbq_live_task_workers
+ *		Number of task workers whose process exists.  With calibrate, slots
+ *		whose process has vanished without cleaning up are freed first.
+ */
+int
+pgbq_live_task_workers(bool calibrate)
+{
+	int			count = 0;
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, calibrate ? LW_EXCLUSIVE : LW_SHARED);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_FREE || s->kind != PGBQ_KIND_TASK)
+			continue;
+		if (s->state == PGBQ_SLOT_STARTING)
+			continue;			/* no process yet */
+		if (calibrate && s->pid > 0 && kill(s->pid, 0) != 0 && errno == ESRCH)
+		{
+			if (s->state == PGBQ_SLOT_RUNNING)
+			{
+				PgbqDatabase *db = pgbq_database_lookup(s->dboid, true);
+
+				if (db)
+					db->maintenance_requested = true;
+			}
+			pgbq_slot_clear(s);
+			continue;
+		}
+		count++;
+	}
+	LWLockRelease(pgbq_shared->lock);
+	return count;
+}
+
+/*
+ * pgbq_signal_cancel
+ *		Interrupt the worker running a task, if any.  The signal is sent
+ *		while holding the lock and after checking the slot still runs that
+ *		task, so it cannot hit a later task of the same worker.
+ */
+bool
+pgbq_signal_cancel(int64 task_id, Oid dboid)
+{
+	bool		found = false;
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_RUNNING && s->kind == PGBQ_KIND_TASK &&
+			s->dboid == dboid && s->task_id == task_id && s->pid > 0)
+		{
+			s->cancel_requested = true;
+			kill(s->pid, SIGINT);
+			found = true;
+			break;
+		}
+	}
+	LWLockRelease(pgbq_shared->lock);
+	return found;
+}
+
+/*
+ * pgbq_request_database_exit
+ *		Ask every worker connected to a database to exit (DROP DATABASE).
+ */
+void
+pgbq_request_database_exit(Oid dboid)
+{
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state != PGBQ_SLOT_FREE && s->dboid == dboid)
+		{
+			s->exit_requested = true;
+			if (s->pid > 0)
+				kill(s->pid, SIGTERM);
+		}
+	}
+	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
+	{
+		if (pgbq_shared->demands[i].in_use && pgbq_shared->demands[i].dboid == dboid)
+			pgbq_shared->demands[i].in_use = false;
+	}
+	for (i = 0; i < PGBQ_MAX_DATABASES; i++)
+	{
+		if (pgbq_shared->databases[i].in_use && pgbq_shared->databases[i].dboid == dboid)
+			pgbq_shared->databases[i].in_use = false;
+	}
+	LWLockRelease(pgbq_shared->lock);
+}

@@ -1,0 +1,870 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  Task workers: long-lived dynamic background workers, each connected
+ *	  to one database as one role, that claim, run and finish that role's
+ *	  tasks.
+ *
+ * One task costs two commits:
+ *	1. the claim: the attempt is counted and the row marked running.  For
+ *	   the first claim after the worker was idle this is its own commit
+ *	   (durable for the first claim of a process, so a task that crashes
+ *	   the server is always counted; asynchronous afterwards);
+ *	2. the task's transaction: the task's effects, its finished mark and the
+ *	   claim of the next task commit together, so a crash can never leave
+ *	   effects committed while the task is still pending or running, and
+ *	   the next attempt is recorded durably for free.
+ *
+ * A failed attempt is recorded in a new transaction (which also claims the
+ * next task).  A cancel request, a timeout and a shutdown all interrupt the
+ * task with a query cancel; the worker tells them apart by flags: cancel
+ * ends the task as cancelled, timeout as a failed attempt (SQLSTATE 57014),
+ * shutdown gives the task back without burning the attempt.
+ *
+ * Between tasks the worker resets its session (GUCs, role, prepared
+ * statements, cursors, advisory locks, temp tables), so nothing a task
+ * does carries into the next one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "commands/dbcommands.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "pgbq.h"
+
+/* A claimed task, copied out of the claim transaction. */
+typedef struct PgbqTask
+{
+	int64		id;
+	char	   *sql;
+	char	   *topic;			/* NULL: default topic */
+	char		prev_state[16];
+} PgbqTask;
+
+static int	pgbq_slotno = -1;
+static bool pgbq_connected = false;
+static bool pgbq_first_claim = true;
+static MemoryContext pgbq_worker_ctx = NULL;
+static MemoryContext pgbq_task_ctx = NULL;
+static PgbqCatalog pgbq_cat;
+
+static SPIPlanPtr pgbq_claim_plan = NULL;
+static SPIPlanPtr pgbq_mark_running_plan = NULL;
+static SPIPlanPtr pgbq_finish_plan = NULL;
+static SPIPlanPtr pgbq_next_eligible_plan = NULL;
+
+static volatile sig_atomic_t pgbq_got_sigterm = false;
+static volatile sig_atomic_t pgbq_in_task = false;
+static volatile sig_atomic_t pgbq_timed_out = false;
+static TimeoutId pgbq_timeout_id;
+
+/*
+ * pgbq_worker_sigterm
+ *		SIGTERM: stop after giving back the current task.  While a task runs,
+ *		interrupt it with a query cancel so the worker regains control.
+ */
+static void
+pgbq_worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	pgbq_got_sigterm = true;
+	if (pgbq_in_task)
+	{
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
+ * pgbq_task_timeout_handler
+ *		The task's time limit passed: interrupt it.
+ */
+static void
+pgbq_task_timeout_handler(void)
+{
+	if (!pgbq_in_task)
+		return;
+	pgbq_timed_out = true;
+	InterruptPending = true;
+	QueryCancelPending = true;
+	SetLatch(MyLatch);
+}
+
+/*
+ * pgbq_worker_detach
+ *		Free our slot on exit.  If we exit while holding a task (a FATAL
+ *		error), ask for a maintenance pass to account for it; if we never
+ *		managed to connect (role dropped or not allowed to log in), back off
+ *		and let maintenance fail that role's tasks.
+ */
+static void
+pgbq_worker_detach(int code, Datum arg)
+{
+	PgbqSlot   *s;
+	bool		need_maintenance = false;
+	Oid			dboid;
+
+	(void) code;
+	(void) arg;
+	if (pgbq_shared == NULL || pgbq_slotno < 0)
+		return;
+	s = &pgbq_shared->slots[pgbq_slotno];
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	dboid = s->dboid;
+	if (s->pid == MyProcPid)
+	{
+		need_maintenance = (s->state == PGBQ_SLOT_RUNNING);
+		if (!pgbq_connected && s->kind == PGBQ_KIND_TASK)
+		{
+			PgbqDemand *d = pgbq_demand_lookup(s->dboid, s->roleoid, false);
+
+			if (d)
+				d->retry_after = GetCurrentTimestamp() + 10 * USECS_PER_SEC;
+			need_maintenance = true;
+		}
+		s->state = PGBQ_SLOT_FREE;
+		s->pid = 0;
+		s->latch = NULL;
+		s->task_id = 0;
+		s->exit_requested = false;
+		s->waiting_capacity = false;
+		s->cancel_requested = false;
+	}
+	LWLockRelease(pgbq_shared->lock);
+	if (need_maintenance)
+		pgbq_request_maintenance(dboid);
+	else
+		pgbq_wake_launcher();
+}
+
+/*
+ * pgbq_attach_slot
+ *		Take over the slot the launcher reserved for us; exit quietly if it
+ *		was given to someone else meanwhile.
+ */
+static PgbqSlot *
+pgbq_attach_slot(int slotno, uint32 generation)
+{
+	PgbqSlot   *s;
+
+	if (pgbq_shared == NULL || slotno < 0 || slotno >= pgbq_shared->nslots)
+		proc_exit(0);
+	s = &pgbq_shared->slots[slotno];
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	if (s->generation != generation || s->state != PGBQ_SLOT_STARTING)
+	{
+		LWLockRelease(pgbq_shared->lock);
+		proc_exit(0);
+	}
+	s->pid = MyProcPid;
+	s->latch = MyLatch;
+	s->state = PGBQ_SLOT_IDLE;
+	s->backend_start = GetCurrentTimestamp();
+	s->tasks_done = 0;
+	pgbq_slotno = slotno;
+	LWLockRelease(pgbq_shared->lock);
+	before_shmem_exit(pgbq_worker_detach, 0);
+	return s;
+}
+
+/*
+ * pgbq_prepare
+ *		Prepare and keep one bookkeeping statement.
+ */
+static SPIPlanPtr
+pgbq_prepare(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep plan");
+	return plan;
+}
+
+/*
+ * pgbq_worker_plans
+ *		Make sure the catalog lookup and prepared statements match the
+ *		installed extension; returns false if it is gone.  Runs inside a
+ *		transaction and an SPI connection.  Plans are prepared as the table
+ *		owner, the user they always run as, so they are never replanned for
+ *		a change of user.
+ */
+static bool
+pgbq_worker_plans(void)
+{
+	PgbqCatalog cat;
+	MemoryContext old;
+	Oid			claim_types[3] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID};
+	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
+	Oid			finish_types[2] = {INT8OID, TIMESTAMPTZOID};
+	Oid			next_types[1] = {OIDOID};
+	const char *t;
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+
+	if (OidIsValid(pgbq_cat.table_oid) &&
+		SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)))
+		return true;
+
+	old = MemoryContextSwitchTo(pgbq_worker_ctx);
+	if (!pgbq_catalog_lookup(&cat, true))
+	{
+		MemoryContextSwitchTo(old);
+		return false;
+	}
+	pgbq_cat = cat;
+	MemoryContextSwitchTo(old);
+
+	if (pgbq_claim_plan)
+	{
+		SPI_freeplan(pgbq_claim_plan);
+		SPI_freeplan(pgbq_mark_running_plan);
+		SPI_freeplan(pgbq_finish_plan);
+		SPI_freeplan(pgbq_next_eligible_plan);
+	}
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	t = pgbq_cat.qualified_table;
+	pgbq_claim_plan = pgbq_prepare(psprintf("SELECT id, topic, state::text FROM %s "
+											"WHERE owner = $1 AND state IN ('pending', 'retrying') "
+											"AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
+											"ORDER BY priority, next_run_at, id "
+											"LIMIT 1 FOR UPDATE SKIP LOCKED", t),
+								   3, claim_types);
+	pgbq_mark_running_plan = pgbq_prepare(psprintf("UPDATE %s SET state = 'running', "
+												   "attempts = attempts + 1, started_at = $2, "
+												   "closed_at = NULL, worker_pid = $3 "
+												   "WHERE id = $1 RETURNING sql_statement", t),
+										  3, mark_types);
+	pgbq_finish_plan = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+											 "worker_pid = NULL "
+											 "WHERE id = $1 AND state = 'running'", t),
+									2, finish_types);
+	pgbq_next_eligible_plan = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
+													"WHERE owner = $1 "
+													"AND state IN ('pending', 'retrying')", t),
+										   1, next_types);
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	return true;
+}
+
+/*
+ * pgbq_text_array
+ *		Build a text[] of the topics skipped so far ('' is the NULL topic).
+ */
+static Datum
+pgbq_text_array(List *topics)
+{
+	Datum	   *elems;
+	ListCell   *lc;
+	int			n = 0;
+
+	elems = palloc(sizeof(Datum) * (list_length(topics) + 1));
+	foreach(lc, topics)
+		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
+										   TYPALIGN_INT));
+}
+
+/*
+ * pgbq_claim
+ *		Claim the next eligible task of our role, in the current transaction
+ *		(caller is inside SPI and a privileged section).  Returns NULL if
+ *		none can start now; *wait_until is then the earliest time one might
+ *		(0 if unknown), *blocked whether a limit held a task back.
+ */
+static PgbqTask *
+pgbq_claim(TimestampTz *wait_until, bool *blocked)
+{
+	List	   *skipped = NIL;
+	int			round;
+
+	*wait_until = 0;
+	*blocked = false;
+	for (round = 0; round < 32; round++)
+	{
+		Datum		args[3];
+		bool		isnull;
+		int64		id;
+		char	   *topic = NULL;
+		char	   *prev_state;
+		PgbqTopicPolicy policy;
+		PgbqStartResult res;
+		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz retry_at;
+		int			rc;
+
+		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
+		args[1] = TimestampTzGetDatum(now);
+		args[2] = pgbq_text_array(skipped);
+		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 0)
+			break;
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+		topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		prev_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+
+		pgbq_topic_policy(topic, &policy);
+		res = pgbq_slot_try_start(pgbq_slotno, id, topic, &policy, now, &retry_at);
+		if (res == PGBQ_START_OK)
+		{
+			PgbqTask   *task;
+			Datum		margs[3];
+			MemoryContext old;
+
+			margs[0] = Int64GetDatum(id);
+			margs[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+			margs[2] = Int32GetDatum(MyProcPid);
+			rc = SPI_execute_plan(pgbq_mark_running_plan, margs, NULL, false, 1);
+			if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+				elog(ERROR, "could not mark task " INT64_FORMAT " running", id);
+			old = MemoryContextSwitchTo(pgbq_worker_ctx);
+			task = palloc0(sizeof(PgbqTask));
+			task->id = id;
+			task->sql = SPI_getvalue(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1);
+			task->topic = topic ? pstrdup(topic) : NULL;
+			strlcpy(task->prev_state, prev_state, sizeof(task->prev_state));
+			MemoryContextSwitchTo(old);
+			return task;
+		}
+		*blocked = true;
+		if (res == PGBQ_START_RATE_LIMITED &&
+			(*wait_until == 0 || retry_at < *wait_until))
+			*wait_until = retry_at;
+		skipped = lappend(skipped, topic ? topic : "");
+	}
+
+	/* Nothing can start now: when could something become eligible? */
+	{
+		Datum		args[1];
+		bool		isnull;
+		Datum		d;
+		int			rc;
+
+		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
+		rc = SPI_execute_plan(pgbq_next_eligible_plan, args, NULL, true, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "could not compute next eligible time");
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+						  &isnull);
+		if (!isnull)
+		{
+			TimestampTz next = DatumGetTimestampTz(d);
+
+			if (next > GetCurrentTimestamp() &&
+				(*wait_until == 0 || next < *wait_until))
+				*wait_until = next;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * pgbq_bookkeeping_claim
+ *		Claim in the current transaction with SPI and privileges set up.
+ *		Returns false (and no task) if the extension is gone.
+ */
+static bool
+pgbq_bookkeeping_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+
+	*task = NULL;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!pgbq_worker_plans())
+	{
+		SPI_finish();
+		return false;
+	}
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	*task = pgbq_claim(wait_until, blocked);
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	SPI_finish();
+	return true;
+}
+
+/*
+ * pgbq_standalone_claim
+ *		Claim in a transaction of its own.
+ */
+static bool
+pgbq_standalone_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
+{
+	bool		ok;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (!pgbq_first_claim)
+		(void) set_config_option("synchronous_commit", "off",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+	ok = pgbq_bookkeeping_claim(task, wait_until, blocked);
+	CommitTransactionCommand();
+	if (*task)
+		pgbq_first_claim = false;
+	return ok;
+}
+
+/*
+ * pgbq_release_slot_task
+ *		Our slot no longer runs the task.
+ */
+static void
+pgbq_release_slot_task(void)
+{
+	pgbq_slot_finish_task(pgbq_slotno);
+}
+
+/*
+ * pgbq_guarded_claim
+ *		pgbq_standalone_claim, surviving errors (a stray cancel signal, a
+ *		serialization hiccup): the error is logged, the transaction and slot
+ *		are cleaned up, and the worker backs off for a second.
+ */
+static bool
+pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
+{
+	volatile bool ok = true;
+	MemoryContext ctx = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		ok = pgbq_standalone_claim(task, wait_until, blocked);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(ctx);
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortOutOfAnyTransaction();
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		QueryCancelPending = false;
+		pgbq_release_slot_task();
+		*task = NULL;
+		*blocked = false;
+		*wait_until = GetCurrentTimestamp() + USECS_PER_SEC;
+		ok = true;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * pgbq_give_back
+ *		Return a claimed task to its previous state without burning the
+ *		attempt (shutdown), in the current transaction.
+ */
+static void
+pgbq_give_back(PgbqTask *task)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		args[2];
+	char	   *sql;
+
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	sql = psprintf("UPDATE %s SET state = CAST($2 AS %s.pg_background_queue_task_state), "
+				   "attempts = GREATEST(attempts - 1, 0), worker_pid = NULL "
+				   "WHERE id = $1 AND state = 'running'",
+				   pgbq_cat.qualified_table, pgbq_cat.qualified_schema);
+	args[0] = Int64GetDatum(task->id);
+	args[1] = CStringGetTextDatum(task->prev_state);
+	if (SPI_execute_with_args(sql, 2, types, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not give back task " INT64_FORMAT, task->id);
+	SPI_finish();
+	pgbq_end_privileged(nest, save_userid, save_sec);
+}
+
+/*
+ * pgbq_give_back_standalone
+ *		Give a claimed but not started task back, in its own transaction.
+ */
+static void
+pgbq_give_back_standalone(PgbqTask *task)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgbq_give_back(task);
+	pgbq_release_slot_task();
+	CommitTransactionCommand();
+}
+
+/*
+ * pgbq_finish_and_claim_next
+ *		In the task's transaction: mark it finished, release the slot and
+ *		claim the next task (returned, or NULL).
+ */
+static PgbqTask *
+pgbq_finish_and_claim_next(PgbqTask *task)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	Datum		args[2];
+	int			rc;
+	PgbqTask   *next = NULL;
+	TimestampTz wait_until;
+	bool		blocked;
+
+	/* A task may have made its transaction read-only; bookkeeping is not. */
+	XactReadOnly = false;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!pgbq_worker_plans())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"%s\" was dropped while task " INT64_FORMAT " ran",
+						PGBQ_EXTENSION_NAME, task->id)));
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	args[0] = Int64GetDatum(task->id);
+	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	rc = SPI_execute_plan(pgbq_finish_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
+						task->id)));
+	pgbq_notify_terminal(task->id, "finished");
+	pgbq_release_slot_task();
+	if (!pgbq_got_sigterm)
+		next = pgbq_claim(&wait_until, &blocked);
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	SPI_finish();
+	return next;
+}
+
+/*
+ * pgbq_run_task
+ *		Run one claimed task to its end; returns the next claimed task, if
+ *		one could be claimed in the same commit.
+ */
+static PgbqTask *
+pgbq_run_task(PgbqTask *task)
+{
+	PgbqTopicPolicy policy;
+	PgbqTask   *volatile next = NULL;
+
+	pgbq_topic_policy(task->topic, &policy);
+	MemoryContextReset(pgbq_task_ctx);
+	pgbq_timed_out = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	MemoryContextSwitchTo(pgbq_task_ctx);
+	PG_TRY();
+	{
+		pgbq_reset_session();
+		pgstat_report_activity(STATE_RUNNING, task->sql);
+		pgbq_in_task = true;
+		if (pgbq_got_sigterm)
+		{
+			InterruptPending = true;
+			QueryCancelPending = true;
+		}
+		if (policy.timeout_in_sec > 0)
+			enable_timeout_after(pgbq_timeout_id, policy.timeout_in_sec * 1000);
+		pgbq_execute_sql(task->sql);
+		HOLD_CANCEL_INTERRUPTS();
+		pgbq_in_task = false;
+		disable_timeout(pgbq_timeout_id, false);
+
+		next = pgbq_finish_and_claim_next(task);
+		CommitTransactionCommand();
+		RESUME_CANCEL_INTERRUPTS();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		bool		cancelled = false;
+		bool		shutdown = false;
+		PgbqSlot   *s = &pgbq_shared->slots[pgbq_slotno];
+		const char *message;
+		char		sqlstate[6];
+
+		pgbq_in_task = false;
+		disable_timeout(pgbq_timeout_id, false);
+		MemoryContextSwitchTo(pgbq_worker_ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		QueryCancelPending = false;
+		next = NULL;
+
+		strlcpy(sqlstate, unpack_sql_state(edata->sqlerrcode), sizeof(sqlstate));
+		message = edata->message;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+			cancelled = s->cancel_requested && s->task_id == task->id;
+			LWLockRelease(pgbq_shared->lock);
+			if (cancelled)
+				message = "task was cancelled by pg_background_cancel()";
+			else if (pgbq_timed_out)
+				message = psprintf("task exceeded its timeout of %d s",
+								   policy.timeout_in_sec);
+			else if (pgbq_got_sigterm)
+				shutdown = true;
+		}
+		elog(DEBUG1, "pg_background_queue: task " INT64_FORMAT " failed: %s",
+			 task->id, edata->message);
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (shutdown)
+		{
+			pgbq_give_back(task);
+			pgbq_release_slot_task();
+		}
+		else
+		{
+			TimestampTz wait_until;
+			bool		blocked;
+
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			if (!pgbq_worker_plans())
+				elog(ERROR, "extension \"%s\" is gone", PGBQ_EXTENSION_NAME);
+			SPI_finish();
+			pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
+										cancelled, sqlstate, message,
+										edata->detail);
+			pgbq_release_slot_task();
+			if (!pgbq_got_sigterm)
+			{
+				PgbqTask   *claimed;
+
+				(void) pgbq_bookkeeping_claim(&claimed, &wait_until, &blocked);
+				next = claimed;
+			}
+		}
+		CommitTransactionCommand();
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(pgbq_worker_ctx);
+	return next;
+}
+
+/*
+ * pgbq_settle_demand
+ *		No task could be claimed: forget the launcher's outstanding demand
+ *		for our (database, role), unless new work was announced since seq
+ *		was read.  Returns false in that case (try again at once).
+ */
+static bool
+pgbq_settle_demand(uint64 seq, TimestampTz next_eligible, bool exiting)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	PgbqDemand *d;
+	bool		settled = true;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	d = pgbq_demand_lookup(me->dboid, me->roleoid, exiting && next_eligible != 0);
+	if (d)
+	{
+		if (d->seq != seq)
+			settled = false;
+		else
+		{
+			d->want = 0;
+			if (exiting && next_eligible != 0 &&
+				(d->wake_at == 0 || next_eligible < d->wake_at))
+				d->wake_at = next_eligible;
+		}
+	}
+	if (settled && exiting)
+		me->exit_requested = true;	/* no more wake-ups for us */
+	LWLockRelease(pgbq_shared->lock);
+	return settled;
+}
+
+/*
+ * pgbq_demand_seq
+ *		Current announcement sequence number of our (database, role).
+ */
+static uint64
+pgbq_demand_seq(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	PgbqDemand *d;
+	uint64		seq = 0;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	d = pgbq_demand_lookup(me->dboid, me->roleoid, false);
+	if (d)
+		seq = d->seq;
+	LWLockRelease(pgbq_shared->lock);
+	return seq;
+}
+
+/*
+ * pgbq_task_loop
+ *		Claim, run, finish; sleep on the latch when nothing is eligible;
+ *		exit after the idle timeout.
+ */
+static void
+pgbq_task_loop(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	PgbqTask   *next = NULL;
+	TimestampTz idle_since = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		TimestampTz wait_until = 0;
+		TimestampTz now;
+		TimestampTz deadline;
+		bool		blocked = false;
+		bool		exit_requested;
+		uint64		seq;
+		long		timeout_ms;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+		exit_requested = me->exit_requested;
+		LWLockRelease(pgbq_shared->lock);
+
+		if (pgbq_got_sigterm || exit_requested)
+		{
+			if (next)
+				pgbq_give_back_standalone(next);
+			break;
+		}
+
+		if (next != NULL)
+		{
+			PgbqTask   *task = next;
+
+			next = pgbq_run_task(task);
+			pfree(task->sql);
+			if (task->topic)
+				pfree(task->topic);
+			pfree(task);
+			idle_since = GetCurrentTimestamp();
+			continue;
+		}
+
+		ResetLatch(MyLatch);
+		seq = pgbq_demand_seq();
+		if (!pgbq_guarded_claim(&next, &wait_until, &blocked))
+		{
+			ereport(LOG,
+					(errmsg("pg_background_queue: extension is not installed in database \"%s\"; worker exiting",
+							get_database_name(MyDatabaseId))));
+			break;
+		}
+		if (next != NULL)
+			continue;
+
+		now = GetCurrentTimestamp();
+		deadline = idle_since + (int64) pgbq_worker_idle_timeout * USECS_PER_SEC;
+		if (now >= deadline)
+		{
+			if (pgbq_settle_demand(seq, wait_until, true))
+				break;
+			continue;
+		}
+		if (!pgbq_settle_demand(seq, 0, false))
+			continue;
+		if (wait_until != 0 && wait_until < deadline)
+			deadline = wait_until;
+		timeout_ms = (long) ((deadline - now + 999) / 1000);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(timeout_ms, 1), PG_WAIT_EXTENSION);
+	}
+}
+
+/*
+ * pgbq_worker_main
+ *		Entry point of task and maintenance workers.
+ */
+void
+pgbq_worker_main(Datum main_arg)
+{
+	int			slotno = DatumGetInt32(main_arg);
+	uint32		generation;
+	PgbqSlot   *me;
+	Oid			dboid;
+	Oid			roleoid;
+	PgbqWorkerKind kind;
+
+	memcpy(&generation, MyBgworkerEntry->bgw_extra, sizeof(uint32));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, pgbq_worker_sigterm);
+	BackgroundWorkerUnblockSignals();
+
+	me = pgbq_attach_slot(slotno, generation);
+	dboid = me->dboid;
+	roleoid = me->roleoid;
+	kind = me->kind;
+
+	BackgroundWorkerInitializeConnectionByOid(dboid,
+											  kind == PGBQ_KIND_TASK ? roleoid : InvalidOid,
+											  PGBQ_BGW_CONNECT_FLAGS);
+	pgbq_connected = true;
+
+	pgbq_worker_ctx = AllocSetContextCreate(TopMemoryContext,
+											"pg_background_queue worker",
+											ALLOCSET_DEFAULT_SIZES);
+	pgbq_task_ctx = AllocSetContextCreate(pgbq_worker_ctx,
+										  "pg_background_queue task",
+										  ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(pgbq_worker_ctx);
+
+	if (kind == PGBQ_KIND_MAINTENANCE)
+	{
+		pgbq_maintenance_run(slotno);
+		proc_exit(0);
+	}
+
+	pgbq_timeout_id = RegisterTimeout(USER_TIMEOUT, pgbq_task_timeout_handler);
+	pgbq_task_loop();
+	proc_exit(0);
+}
