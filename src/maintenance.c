@@ -124,17 +124,18 @@ pgbq_fail_unrunnable_roles(const PgbqCatalog *cat)
 	char	   *sql;
 	int			rc;
 
+	const char *msg = "('role with OID ' || t.owner::pg_catalog.oid::pg_catalog.text || "
+		"' no longer exists or cannot log in')";
+
 	sql = psprintf("UPDATE %s t SET state = 'failed', closed_at = now(), "
-				   "errors = m.msg, "
+				   "errors = %s, "
 				   "error_history = t.error_history || jsonb_build_array(jsonb_build_object("
-				   "  'attempt', t.attempts, 'sqlstate', '28000', 'message', m.msg, "
+				   "  'attempt', t.attempts, 'sqlstate', '28000', 'message', %s, "
 				   "  'detail', NULL, 'at', now())) "
-				   "FROM (SELECT 'role with OID ' || %s || ' no longer exists or cannot log in' AS msg) m "
 				   "WHERE t.state IN ('pending', 'retrying') AND NOT EXISTS ("
 				   "  SELECT 1 FROM pg_catalog.pg_authid a WHERE a.oid = t.owner %s) "
 				   "RETURNING t.id",
-				   cat->qualified_table,
-				   "t.owner::pg_catalog.oid::pg_catalog.text",
+				   cat->qualified_table, msg, msg,
 				   PGBQ_REQUIRE_ROLE_LOGIN ? "AND a.rolcanlogin" : "");
 	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_UPDATE_RETURNING)
@@ -266,6 +267,37 @@ pgbq_maintenance_step(int step, int64 *result)
 }
 
 /*
+ * pgbq_guarded_step
+ *		Run a step; an error is logged and the pass goes on with the next
+ *		step.  Returns false if the extension is not installed (or the step
+ *		failed, for loops that should stop).
+ */
+static bool
+pgbq_guarded_step(int step, int64 *result)
+{
+	volatile bool ok = false;
+	MemoryContext ctx = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		ok = pgbq_maintenance_step(step, result);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(ctx);
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortOutOfAnyTransaction();
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		*result = 0;
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
  * pgbq_maintenance_run
  *		The whole pass.
  */
@@ -284,16 +316,17 @@ pgbq_maintenance_run(int slotno)
 		if (n > 0)
 			elog(LOG, "pg_background_queue: accounted for %d interrupted task(s) in database \"%s\"",
 				 (int) n, get_database_name(MyDatabaseId));
-		(void) pgbq_maintenance_step(1, &n);
+		(void) pgbq_guarded_step(1, &n);
 		if (pgbq_retention_in_sec >= 0)
 		{
 			do
 			{
 				CHECK_FOR_INTERRUPTS();
-				(void) pgbq_maintenance_step(2, &n);
+				if (!pgbq_guarded_step(2, &n))
+					break;
 			} while (n >= PGBQ_PRUNE_BATCH);
 		}
-		(void) pgbq_maintenance_step(3, &n);
+		(void) pgbq_guarded_step(3, &n);
 	}
 
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);

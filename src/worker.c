@@ -44,6 +44,7 @@
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
@@ -401,17 +402,20 @@ pgbq_bookkeeping_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 	int			nest;
 
 	*task = NULL;
+	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (!pgbq_worker_plans())
 	{
 		SPI_finish();
+		PopActiveSnapshot();
 		return false;
 	}
 	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
 	*task = pgbq_claim(wait_until, blocked);
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	SPI_finish();
+	PopActiveSnapshot();
 	return true;
 }
 
@@ -497,6 +501,7 @@ pgbq_give_back(PgbqTask *task)
 	Datum		args[2];
 	char	   *sql;
 
+	PushActiveSnapshot(GetTransactionSnapshot());
 	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -510,6 +515,7 @@ pgbq_give_back(PgbqTask *task)
 		elog(ERROR, "could not give back task " INT64_FORMAT, task->id);
 	SPI_finish();
 	pgbq_end_privileged(nest, save_userid, save_sec);
+	PopActiveSnapshot();
 }
 
 /*
@@ -546,6 +552,7 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	/* A task may have made its transaction read-only; bookkeeping is not. */
 	XactReadOnly = false;
 
+	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (!pgbq_worker_plans())
@@ -568,6 +575,7 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 		next = pgbq_claim(&wait_until, &blocked);
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	SPI_finish();
+	PopActiveSnapshot();
 	return next;
 }
 
@@ -658,6 +666,7 @@ pgbq_run_task(PgbqTask *task)
 			TimestampTz wait_until;
 			bool		blocked;
 
+			PushActiveSnapshot(GetTransactionSnapshot());
 			if (SPI_connect() != SPI_OK_CONNECT)
 				elog(ERROR, "SPI_connect failed");
 			if (!pgbq_worker_plans())
@@ -666,6 +675,7 @@ pgbq_run_task(PgbqTask *task)
 			pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
 										cancelled, sqlstate, message,
 										edata->detail);
+			PopActiveSnapshot();
 			pgbq_release_slot_task();
 			if (!pgbq_got_sigterm)
 			{
