@@ -273,6 +273,7 @@ CREATE VIEW @extschema@.pg_background_queue_topics AS
 			   pg_catalog.count(*) FILTER (WHERE t.state = 'running') AS running
 		  FROM @extschema@.pg_background_tasks t
 		 WHERE t.state IN ('pending', 'retrying', 'running')
+		   AND pg_catalog.pg_has_role(t.owner, 'USAGE')	-- views bypass RLS
 		 GROUP BY t.topic
 	), names AS (
 		SELECT c.topic FROM @extschema@._pg_background_queue_configured_topics() AS c(topic)
