@@ -1,0 +1,203 @@
+"""Scheduling on a real cluster: concurrency limits (global and per topic),
+rate limits, priority order, retries with 2^n backoff, timeouts, cancel,
+and configuration reloads picked up by running workers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from core_helpers import enqueue, make_role, query, scalar, set_config, task, wait_tasks
+
+from pg_background_queue.testing.cluster import make_node, poll_until
+
+TOPICS = {
+    "one": {"max_parallel_running_tasks_count": 1},
+    "two": {"max_parallel_running_tasks_count": 2},
+    "spaced": {"delay_in_sec": 0.6},
+    "flaky": {"retry_count": 2},
+    "never": {"retry_count": 0},
+    "slowpoke": {"timeout_in_sec": 1, "retry_count": 3},
+    "urgent": {"priority": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Any]:
+    n = make_node(extra_conf={
+        "pg_background_queue.max_parallel_running_tasks_count": 3,
+        "pg_background_queue.topic_config": json.dumps(TOPICS),
+        "pg_background_queue.worker_idle_timeout": "30s",
+    })
+    # every task logs its start and end; overlaps are computed from this table
+    query(n, "CREATE TABLE spans (tag text, started timestamptz, ended timestamptz)")
+    query(n, "GRANT ALL ON spans TO PUBLIC")
+    make_role(n, "alice")
+    make_role(n, "bob")
+    yield n
+    n.stop()
+    n.cleanup()
+
+
+def span(tag: str, seconds: float) -> str:
+    return (f"INSERT INTO public.spans SELECT '{tag}', clock_timestamp(), NULL; "
+            f"SELECT pg_sleep({seconds}); "
+            f"UPDATE public.spans SET ended = clock_timestamp() "
+            f"WHERE tag = '{tag}' AND ended IS NULL")
+
+
+def max_overlap(node: Any, prefix: str) -> int:
+    """Largest number of spans with this tag prefix that ran at one instant."""
+    return int(scalar(node, """
+        SELECT max(c) FROM (
+            SELECT (SELECT count(*) FROM spans o
+                     WHERE o.tag LIKE %(p)s AND o.started <= s.started
+                       AND o.ended > s.started) AS c
+              FROM spans s WHERE s.tag LIKE %(p)s) x""", {"p": prefix + "%"}))
+
+
+def test_global_limit_across_roles_and_pools(node: Any) -> None:
+    ids = [enqueue(node, span(f"g{i}", 0.4), user=("alice" if i % 2 else "bob"))
+           for i in range(9)]
+    seen = 0
+
+    def done() -> bool:
+        nonlocal seen
+        seen = max(seen, int(scalar(node, "SELECT count(*) FROM pg_background_tasks "
+                                          "WHERE state = 'running'")))
+        assert seen <= 3
+        return scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE id = ANY(%s) "
+                            "AND state = 'finished'", (ids,)) == len(ids)
+    poll_until(done, timeout=60, interval=0.02, message="global limit test did not finish")
+    assert max_overlap(node, "g") <= 3
+    assert max_overlap(node, "g") >= 2, "tasks should run in parallel up to the limit"
+
+
+@pytest.mark.parametrize("topic, limit", [("one", 1), ("two", 2)])
+def test_topic_limit_is_never_exceeded(node: Any, topic: str, limit: int) -> None:
+    ids = [enqueue(node, span(f"{topic}-{i}", 0.3), topic,
+                   user=("alice" if i % 2 else "bob")) for i in range(6)]
+    rows = wait_tasks(node, ids, timeout=60)
+    assert all(r["state"] == "finished" for r in rows)
+    assert max_overlap(node, f"{topic}-") == limit
+
+
+def test_delay_in_sec_spaces_starts_without_parking_workers(node: Any) -> None:
+    spaced = [enqueue(node, span(f"sp{i}", 0), "spaced") for i in range(4)]
+    fast = [enqueue(node, span(f"fast{i}", 0)) for i in range(6)]
+    rows = wait_tasks(node, spaced + fast, timeout=60)
+    assert all(r["state"] == "finished" for r in rows)
+    starts = [r["started_at"] for r in rows[:4]]
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
+    assert all(g >= 0.6 - 0.005 for g in gaps), gaps
+    # the default-topic tasks did not wait behind the rate-limited ones
+    last_fast = max(r["closed_at"] for r in rows[4:])
+    last_spaced = max(r["started_at"] for r in rows[:4])
+    assert last_fast < last_spaced
+
+
+def test_priority_then_eligible_time_then_id(node: Any) -> None:
+    query(node, "CREATE TABLE ord (n int, seq serial)")
+    # hold the single-slot topic busy so the queue builds up, then let it drain
+    blocker = enqueue(node, "SELECT pg_sleep(1)", "one")
+    poll_until(lambda: task(node, blocker)["state"] == "running", timeout=15,
+               message="blocker did not start")
+    specs = [(5, "a"), (1, "b"), (3, "c"), (1, "d"), (5, "e"), (0, "f")]
+    ids = []
+    for prio, name in specs:
+        ids.append(enqueue(node, f"INSERT INTO ord (n) VALUES (ascii('{name}'))", "one",
+                           prio))
+    wait_tasks(node, ids + [blocker], timeout=60)
+    order = [chr(r["n"]) for r in query(node, "SELECT n FROM ord ORDER BY seq")]
+    assert order == ["f", "b", "d", "c", "a", "e"]
+
+
+def test_topic_priority_is_the_default(node: Any) -> None:
+    t = enqueue(node, "SELECT 1", "urgent")
+    assert task(node, t)["priority"] == 1
+    u = enqueue(node, "SELECT 1", "urgent", 50)
+    assert task(node, u)["priority"] == 50
+    wait_tasks(node, [t, u])
+
+
+def test_retries_wait_two_to_the_n_seconds(node: Any) -> None:
+    t = enqueue(node, "SELECT 1/0", "flaky")
+    row = wait_tasks(node, [t], timeout=30)[0]
+    assert row["state"] == "failed"
+    assert row["attempts"] == 3 and row["retry_count"] == 2
+    hist = row["error_history"]
+    assert [h["attempt"] for h in hist] == [1, 2, 3]
+    assert {h["sqlstate"] for h in hist} == {"22012"}
+    assert row["errors"] == "division by zero"
+    at = [datetime.fromisoformat(h["at"]) for h in hist]
+    assert (at[1] - at[0]) >= timedelta(seconds=2)
+    assert (at[2] - at[1]) >= timedelta(seconds=4)
+
+
+def test_retrying_state_and_delay_are_visible(node: Any) -> None:
+    t = enqueue(node, "SELECT 1/0", "flaky")
+    poll_until(lambda: task(node, t)["state"] == "retrying", timeout=15,
+               message="task did not go to retrying")
+    row = task(node, t)
+    assert row["retry_delay_in_sec"] == 2
+    assert row["next_run_at"] > row["joined_at"]
+    query(node, "SELECT pg_background_cancel(%s)", (t,))
+    assert task(node, t)["state"] == "cancelled"
+
+
+def test_no_retries_means_failed_at_once(node: Any) -> None:
+    t = enqueue(node, "SELECT * FROM no_such_table", "never")
+    row = wait_tasks(node, [t])[0]
+    assert (row["state"], row["attempts"]) == ("failed", 1)
+    assert row["error_history"][0]["sqlstate"] == "42P01"
+
+
+def test_timeout_fails_the_attempt_with_57014(node: Any) -> None:
+    set_config(node, topic_config={**TOPICS, "slowpoke": {"timeout_in_sec": 1,
+                                                           "retry_count": 0}})
+    t = enqueue(node, "SELECT pg_sleep(30)", "slowpoke")
+    row = wait_tasks(node, [t], timeout=15)[0]
+    assert row["state"] == "failed"
+    assert row["error_history"][0]["sqlstate"] == "57014"
+    assert "timeout" in row["errors"]
+    assert (row["closed_at"] - row["started_at"]).total_seconds() < 5
+    set_config(node, topic_config=TOPICS)
+
+
+def test_cancel_interrupts_a_running_task_and_never_retries(node: Any) -> None:
+    t = enqueue(node, "SELECT pg_sleep(60)", "flaky", user="alice")
+    poll_until(lambda: task(node, t)["state"] == "running", timeout=15,
+               message="task did not start")
+    assert scalar(node, "SELECT pg_background_cancel(%s)", (t,), user="bob") is False
+    assert scalar(node, "SELECT pg_background_cancel(%s)", (t,), user="alice") is True
+    row = wait_tasks(node, [t], timeout=10)[0]
+    assert row["state"] == "cancelled"
+    assert row["attempts"] == 1
+    assert row["error_history"][-1]["sqlstate"] == "57014"
+    # the worker goes on with other work
+    u = enqueue(node, "SELECT 1", user="alice")
+    assert wait_tasks(node, [u])[0]["state"] == "finished"
+
+
+def test_reload_is_picked_up_by_running_workers(node: Any) -> None:
+    # a worker of alice exists (idle) from earlier tests; change the retry policy
+    first = enqueue(node, "SELECT 1", "reloaded", user="alice")
+    wait_tasks(node, [first])
+    set_config(node, topic_config={**TOPICS, "reloaded": {"retry_count": 1}})
+    t = enqueue(node, "SELECT 1/0", "reloaded", user="alice")
+    row = wait_tasks(node, [t], timeout=20)[0]
+    assert row["attempts"] == 2, "retry_count 1 from the reloaded config applies"
+    set_config(node, topic_config=TOPICS)
+
+
+def test_topics_view_merges_json_over_gucs(node: Any) -> None:
+    rows = {r["topic"]: r for r in query(node, "SELECT * FROM pg_background_queue_topics")}
+    assert rows["one"]["max_parallel_running_tasks_count"] == 1
+    assert rows["one"]["configured"] is True
+    assert rows["spaced"]["delay_in_sec"] == pytest.approx(0.6)
+    assert rows["urgent"]["priority"] == 1
+    assert rows[None]["max_parallel_running_tasks_count"] == 3
+    assert rows[None]["priority"] == 100
