@@ -247,6 +247,8 @@ pgbq_scan_databases(void)
 	HeapTuple	tup;
 	List	   *oids = NIL;
 	ListCell   *lc;
+	MemoryContext launcher_ctx = CurrentMemoryContext;
+	MemoryContext old;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -258,11 +260,17 @@ pgbq_scan_databases(void)
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
 		if (db->datallowconn && !db->datistemplate)
+		{
+			/* the list must outlive the transaction */
+			old = MemoryContextSwitchTo(launcher_ctx);
 			oids = lappend_oid(oids, db->oid);
+			MemoryContextSwitchTo(old);
+		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(launcher_ctx);
 
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 	foreach(lc, oids)
@@ -488,6 +496,9 @@ pgbq_launcher_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
+	MemoryContextSwitchTo(AllocSetContextCreate(TopMemoryContext,
+												"pg_background_queue launcher",
+												ALLOCSET_DEFAULT_SIZES));
 	pgbq_handles = MemoryContextAllocZero(TopMemoryContext,
 										  sizeof(BackgroundWorkerHandle *) *
 										  pgbq_shared->nslots);

@@ -3,6 +3,7 @@ atomicity, non-transactional statements, commit-time wake-up, quiet logs."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from core_helpers import (
     worker_pids,
 )
 
-from pg_background_queue.testing.cluster import make_node, poll_until
+from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until, server_log
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,9 @@ def node() -> Iterator[Any]:
     make_role(n, "alice")
     make_role(n, "bob")
     yield n
-    n.stop()
-    n.cleanup()
+    if os.environ.get("PGBQ_DUMP_LOG"):
+        print(server_log(n))
+    destroy_node(n)
 
 
 AUDIT = ("INSERT INTO public.audit SELECT '{tag}', current_user, session_user, "

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from core_helpers import enqueue, query, scalar, set_config, task, wait_tasks
 
-from pg_background_queue.testing.cluster import make_node, poll_until
+from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 TOPICS = {"crashy": {"retry_count": 2}, "held": {"max_parallel_running_tasks_count": 0}}
 
@@ -33,8 +33,7 @@ def node() -> Iterator[Any]:
     })
     query(n, "CREATE TABLE effects (x int)")
     yield n
-    n.stop()
-    n.cleanup()
+    destroy_node(n)
 
 
 def survive(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -128,8 +127,7 @@ def test_standby_runs_nothing_and_promotion_resumes_the_queue(node: Any) -> None
         assert scalar(replica, "SELECT count(*) FROM effects") == 5
         node.start()
     finally:
-        replica.stop()
-        replica.cleanup()
+        destroy_node(replica)
 
 
 def test_ensure_workers_from_a_real_pg_cron_job() -> None:
@@ -145,5 +143,4 @@ def test_ensure_workers_from_a_real_pg_cron_job() -> None:
         t = enqueue(n, "INSERT INTO hits VALUES (now())")
         assert wait_tasks(n, [t])[0]["state"] == "finished"
     finally:
-        n.stop()
-        n.cleanup()
+        destroy_node(n)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from core_helpers import enqueue, make_role, query, scalar, set_config, task, wait_tasks
 
-from pg_background_queue.testing.cluster import make_node, poll_until
+from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 TOPICS = {
     "one": {"max_parallel_running_tasks_count": 1},
@@ -38,8 +38,7 @@ def node() -> Iterator[Any]:
     make_role(n, "alice")
     make_role(n, "bob")
     yield n
-    n.stop()
-    n.cleanup()
+    destroy_node(n)
 
 
 def span(tag: str, seconds: float) -> str:
