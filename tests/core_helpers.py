@@ -14,15 +14,23 @@ from pg_background_queue.testing.cluster import conninfo, poll_until
 TERMINAL = ("finished", "failed", "cancelled")
 
 
-def connect(node: Any, *, user: str | None = None, dbname: str = "postgres",
-            autocommit: bool = True) -> psycopg.Connection[dict[str, Any]]:
+def connect(
+    node: Any, *, user: str | None = None, dbname: str = "postgres", autocommit: bool = True
+) -> psycopg.Connection[dict[str, Any]]:
     """A psycopg 3 connection to a testgres node (dict rows)."""
-    return psycopg.connect(conninfo(node, dbname=dbname, user=user),
-                           autocommit=autocommit, row_factory=dict_row)
+    return psycopg.connect(
+        conninfo(node, dbname=dbname, user=user), autocommit=autocommit, row_factory=dict_row
+    )
 
 
-def query(node: Any, sql: str, params: Sequence[Any] | None = None, *,
-          user: str | None = None, dbname: str = "postgres") -> list[dict[str, Any]]:
+def query(
+    node: Any,
+    sql: str,
+    params: Sequence[Any] | None = None,
+    *,
+    user: str | None = None,
+    dbname: str = "postgres",
+) -> list[dict[str, Any]]:
     """Run one statement in a fresh autocommit session and return its rows."""
     with connect(node, user=user, dbname=dbname) as conn:
         cur = conn.execute(sql, params)
@@ -35,35 +43,57 @@ def scalar(node: Any, sql: str, params: Sequence[Any] | None = None, **kw: Any) 
     return next(iter(rows[0].values())) if rows else None
 
 
-def enqueue(node: Any, sql: str, topic: str | None = None, priority: int | None = None,
-            *, user: str | None = None, dbname: str = "postgres") -> int:
+def enqueue(
+    node: Any,
+    sql: str,
+    topic: str | None = None,
+    priority: int | None = None,
+    *,
+    user: str | None = None,
+    dbname: str = "postgres",
+) -> int:
     """Enqueue one task and return its id."""
-    return int(scalar(node, "SELECT pg_background_enqueue(%s, %s, %s)",
-                      (sql, topic, priority), user=user, dbname=dbname))
+    return int(
+        scalar(
+            node,
+            "SELECT pg_background_enqueue(%s, %s, %s)",
+            (sql, topic, priority),
+            user=user,
+            dbname=dbname,
+        )
+    )
 
 
 def task(node: Any, task_id: int, *, dbname: str = "postgres") -> dict[str, Any]:
     """The task's row, read as superuser."""
-    rows = query(node, "SELECT * FROM pg_background_tasks WHERE id = %s", (task_id,),
-                 dbname=dbname)
+    rows = query(node, "SELECT * FROM pg_background_tasks WHERE id = %s", (task_id,), dbname=dbname)
     assert rows, f"task {task_id} does not exist"
     return rows[0]
 
 
-def wait_tasks(node: Any, ids: Iterable[int], states: Sequence[str] = TERMINAL,
-               timeout: float = 30.0, *, dbname: str = "postgres") -> list[dict[str, Any]]:
+def wait_tasks(
+    node: Any,
+    ids: Iterable[int],
+    states: Sequence[str] = TERMINAL,
+    timeout: float = 30.0,
+    *,
+    dbname: str = "postgres",
+) -> list[dict[str, Any]]:
     """Poll until every task is in one of states; return their rows (by id)."""
     id_list = list(ids)
 
     def check() -> list[dict[str, Any]] | None:
-        rows = query(node, "SELECT * FROM pg_background_tasks WHERE id = ANY(%s) ORDER BY id",
-                     (id_list,), dbname=dbname)
+        rows = query(
+            node,
+            "SELECT * FROM pg_background_tasks WHERE id = ANY(%s) ORDER BY id",
+            (id_list,),
+            dbname=dbname,
+        )
         if len(rows) == len(id_list) and all(r["state"] in states for r in rows):
             return rows
         return None
 
-    return poll_until(check, timeout=timeout,
-                      message=f"tasks {id_list} did not reach {states}")
+    return poll_until(check, timeout=timeout, message=f"tasks {id_list} did not reach {states}")
 
 
 def set_config(node: Any, **settings: Any) -> None:
@@ -90,8 +120,11 @@ def set_config(node: Any, **settings: Any) -> None:
 
 def worker_pids(node: Any) -> list[int]:
     """PIDs of live task workers according to the server's process list."""
-    rows = query(node, "SELECT pid FROM pg_stat_activity "
-                       "WHERE backend_type = 'pg_background_queue worker' ORDER BY pid")
+    rows = query(
+        node,
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE backend_type = 'pg_background_queue worker' ORDER BY pid",
+    )
     return [r["pid"] for r in rows]
 
 

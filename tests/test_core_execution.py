@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from core_helpers import (
     connect,
     enqueue,
@@ -19,19 +20,23 @@ from core_helpers import (
     wait_tasks,
     worker_pids,
 )
-
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until, server_log
 
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Any]:
-    n = make_node(extra_conf={
-        "pg_background_queue.max_parallel_running_tasks_count": 4,
-        "pg_background_queue.worker_idle_timeout": "60s",
-        "log_min_messages": "info",
-    })
-    query(n, "CREATE TABLE audit (tag text, cur text, sess text, pid int, "
-             "search_path text, stmt_timeout text, app text)")
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 4,
+            "pg_background_queue.worker_idle_timeout": "60s",
+            "log_min_messages": "info",
+        }
+    )
+    query(
+        n,
+        "CREATE TABLE audit (tag text, cur text, sess text, pid int, "
+        "search_path text, stmt_timeout text, app text)",
+    )
     query(n, "GRANT ALL ON audit TO PUBLIC")
     make_role(n, "alice")
     make_role(n, "bob")
@@ -41,9 +46,11 @@ def node() -> Iterator[Any]:
     destroy_node(n)
 
 
-AUDIT = ("INSERT INTO public.audit SELECT '{tag}', current_user, session_user, "
-         "pg_backend_pid(), current_setting('search_path'), "
-         "current_setting('statement_timeout'), current_setting('application_name')")
+AUDIT = (
+    "INSERT INTO public.audit SELECT '{tag}', current_user, session_user, "
+    "pg_backend_pid(), current_setting('search_path'), "
+    "current_setting('statement_timeout'), current_setting('application_name')"
+)
 
 
 def test_task_runs_as_enqueuer(node: Any) -> None:
@@ -57,13 +64,16 @@ def test_task_runs_as_enqueuer(node: Any) -> None:
     assert str(task(node, a)["owner"]) == "alice"
 
 
-@pytest.mark.parametrize("escape, sqlstate", [
-    ("SET ROLE postgres", "42501"),
-    ("SET SESSION AUTHORIZATION postgres", "42501"),
-    ("SET ROLE bob", "42501"),
-    ("RESET ROLE; CREATE ROLE mallory SUPERUSER", "42501"),
-    ("RESET SESSION AUTHORIZATION; ALTER ROLE alice SUPERUSER", "42501"),
-])
+@pytest.mark.parametrize(
+    ("escape", "sqlstate"),
+    [
+        ("SET ROLE postgres", "42501"),
+        ("SET SESSION AUTHORIZATION postgres", "42501"),
+        ("SET ROLE bob", "42501"),
+        ("RESET ROLE; CREATE ROLE mallory SUPERUSER", "42501"),
+        ("RESET SESSION AUTHORIZATION; ALTER ROLE alice SUPERUSER", "42501"),
+    ],
+)
 def test_task_cannot_climb_above_its_role(node: Any, escape: str, sqlstate: str) -> None:
     t = enqueue(node, escape, user="alice")
     row = wait_tasks(node, [t])[0]
@@ -74,8 +84,11 @@ def test_task_cannot_climb_above_its_role(node: Any, escape: str, sqlstate: str)
 
 
 def test_reset_role_returns_to_enqueuer(node: Any) -> None:
-    t = enqueue(node, "RESET ROLE; RESET SESSION AUTHORIZATION; "
-                      + AUDIT.format(tag="after-reset"), user="alice")
+    t = enqueue(
+        node,
+        "RESET ROLE; RESET SESSION AUTHORIZATION; " + AUDIT.format(tag="after-reset"),
+        user="alice",
+    )
     assert wait_tasks(node, [t])[0]["state"] == "finished"
     row = query(node, "SELECT cur, sess FROM audit WHERE tag = 'after-reset'")[0]
     assert (row["cur"], row["sess"]) == ("alice", "alice")
@@ -91,22 +104,25 @@ def test_session_state_does_not_leak_between_tasks(node: Any) -> None:
     def run(sql: str) -> dict[str, Any]:
         return wait_tasks(node, [enqueue(node, sql, user="solo")])[0]
 
-    first = run("SET search_path = elsewhere; SET statement_timeout = '1234s'; "
-                "SET application_name = 'leaky'; SET ROLE alice; "
-                "PREPARE p AS SELECT 1; "
-                "SELECT pg_advisory_lock(4242); "
-                "CREATE TEMP TABLE leftover (x int); "
-                + AUDIT.format(tag="first"))
+    first = run(
+        "SET search_path = elsewhere; SET statement_timeout = '1234s'; "
+        "SET application_name = 'leaky'; SET ROLE alice; "
+        "PREPARE p AS SELECT 1; "
+        "SELECT pg_advisory_lock(4242); "
+        "CREATE TEMP TABLE leftover (x int); " + AUDIT.format(tag="first")
+    )
     assert first["state"] == "finished", first["errors"]
     prepared = run("EXECUTE p")
     temp = run("SELECT 1 FROM leftover")
     last = run(AUDIT.format(tag="second"))
     assert prepared["state"] == "failed"
     assert prepared["error_history"][0]["sqlstate"] == "26000"
-    assert temp["state"] == "failed" and temp["error_history"][0]["sqlstate"] == "42P01"
+    assert temp["state"] == "failed"
+    assert temp["error_history"][0]["sqlstate"] == "42P01"
     assert last["state"] == "finished"
-    audit = {r["tag"]: r for r in query(node, "SELECT * FROM audit WHERE tag IN "
-                                              "('first', 'second')")}
+    audit = {
+        r["tag"]: r for r in query(node, "SELECT * FROM audit WHERE tag IN ('first', 'second')")
+    }
     assert audit["first"]["pid"] == audit["second"]["pid"], "one worker ran both"
     assert audit["first"]["cur"] == "alice"
     assert audit["second"]["cur"] == "solo"
@@ -131,8 +147,11 @@ def test_multi_statement_task_is_all_or_nothing(node: Any) -> None:
 
 
 def test_deferred_constraint_failure_rolls_back_finish(node: Any) -> None:
-    query(node, "CREATE TABLE parent (id int PRIMARY KEY); "
-                "CREATE TABLE child (pid int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)")
+    query(
+        node,
+        "CREATE TABLE parent (id int PRIMARY KEY); "
+        "CREATE TABLE child (pid int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)",
+    )
     t = enqueue(node, "INSERT INTO child VALUES (42)")
     row = wait_tasks(node, [t])[0]
     assert row["state"] == "failed", "the commit failed, so the task is not finished"
@@ -141,9 +160,14 @@ def test_deferred_constraint_failure_rolls_back_finish(node: Any) -> None:
 
 
 def test_non_transactional_statements(node: Any) -> None:
-    query(node, "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 1000); "
-                "DELETE FROM big WHERE x % 2 = 0")
-    query(node, """
+    query(
+        node,
+        "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 1000); "
+        "DELETE FROM big WHERE x % 2 = 0",
+    )
+    query(
+        node,
+        """
         CREATE PROCEDURE commit_twice() LANGUAGE plpgsql AS $$
         BEGIN
             CREATE TABLE IF NOT EXISTS proc_log (step int);
@@ -151,7 +175,8 @@ def test_non_transactional_statements(node: Any) -> None:
             COMMIT;
             INSERT INTO proc_log VALUES (2);
             COMMIT;
-        END $$""")
+        END $$""",
+    )
     ids = [
         enqueue(node, "VACUUM (ANALYZE) big"),
         enqueue(node, "CREATE INDEX CONCURRENTLY big_x ON big (x)"),
@@ -160,10 +185,15 @@ def test_non_transactional_statements(node: Any) -> None:
     ]
     rows = wait_tasks(node, ids, timeout=60)
     assert [r["state"] for r in rows] == ["finished"] * 4, [r["errors"] for r in rows]
-    assert scalar(node, "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables "
-                        "WHERE relname = 'big'") is True
-    assert scalar(node, "SELECT indisvalid FROM pg_index "
-                        "WHERE indexrelid = 'big_x'::regclass") is True
+    assert (
+        scalar(
+            node, "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'big'"
+        )
+        is True
+    )
+    assert (
+        scalar(node, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'big_x'::regclass") is True
+    )
     assert scalar(node, "SELECT array_agg(step ORDER BY step) FROM proc_log") == [1, 2]
 
 
@@ -189,8 +219,9 @@ def test_pickup_is_woken_at_commit(node: Any) -> None:
         t = conn.execute("SELECT pg_background_enqueue('SELECT 2') AS id").fetchone()
         assert t is not None
         # not before commit
-        assert scalar(node, "SELECT state FROM pg_background_tasks WHERE id = %s",
-                      (t["id"],)) is None
+        assert (
+            scalar(node, "SELECT state FROM pg_background_tasks WHERE id = %s", (t["id"],)) is None
+        )
         conn.commit()
     row = wait_tasks(node, [t["id"]], timeout=10)[0]
     assert row["state"] == "finished"
@@ -201,21 +232,27 @@ def test_enqueue_is_silent_and_logs_nothing_per_task(node: Any) -> None:
     with psycopg.connect(node_conninfo(node), autocommit=True) as conn:
         conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
         log_before = log_size(node)
-        ids = [r[0] for r in conn.execute(
-            "SELECT pg_background_enqueue_many(array_agg('SELECT ' || g)) "
-            "FROM generate_series(1, 200) g").fetchall()]
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pg_background_enqueue_many(array_agg('SELECT ' || g)) "
+                "FROM generate_series(1, 200) g"
+            ).fetchall()
+        ]
         ids.append(conn.execute("SELECT pg_background_enqueue('SELECT 1')").fetchone()[0])
     assert notices == []
     wait_tasks(node, ids, timeout=60)
     new_log = read_log(node)[log_before:]
     assert "SELECT 17" not in new_log
-    per_task = [line for line in new_log.splitlines()
-                if "pg_background_queue" in line and "LOG:" in line]
+    per_task = [
+        line for line in new_log.splitlines() if "pg_background_queue" in line and "LOG:" in line
+    ]
     assert len(per_task) < 5, per_task
 
 
 def node_conninfo(node: Any) -> str:
     from pg_background_queue.testing.cluster import conninfo
+
     return conninfo(node)
 
 
@@ -232,33 +269,53 @@ def test_workers_count_matches_processes(node: Any) -> None:
     ids = [enqueue(node, "SELECT pg_sleep(0.5)", user=u) for u in ("alice", "bob", "alice")]
 
     def running() -> bool:
-        return scalar(node, "SELECT count(*) FROM pg_background_tasks "
-                            "WHERE id = ANY(%s) AND state = 'running'", (ids,)) >= 2
+        return (
+            scalar(
+                node,
+                "SELECT count(*) FROM pg_background_tasks WHERE id = ANY(%s) AND state = 'running'",
+                (ids,),
+            )
+            >= 2
+        )
+
     poll_until(running, timeout=15, message="tasks did not start")
     for _ in range(5):
-        assert scalar(node, "SELECT pg_background_queue_active_workers_count()") \
-            == len(worker_pids(node))
+        assert scalar(node, "SELECT pg_background_queue_active_workers_count()") == len(
+            worker_pids(node)
+        )
     wait_tasks(node, ids)
     pids = worker_pids(node)
     assert scalar(node, "SELECT pg_background_queue_active_workers_count()") == len(pids)
-    view = query(node, "SELECT pid, role, state FROM pg_background_queue_workers "
-                       "WHERE state <> 'maintenance' ORDER BY pid")
+    view = query(
+        node,
+        "SELECT pid, role, state FROM pg_background_queue_workers "
+        "WHERE state <> 'maintenance' ORDER BY pid",
+    )
     assert [v["pid"] for v in view] == pids
     # a terminated worker disappears from the count
     victim = pids[0]
     query(node, "SELECT pg_terminate_backend(%s)", (victim,))
-    poll_until(lambda: victim not in worker_pids(node), timeout=10,
-               message="worker did not exit")
-    poll_until(lambda: scalar(node, "SELECT pg_background_queue_calibrate_workers_count()")
-               == len(worker_pids(node)), timeout=10, message="count drifted")
+    poll_until(lambda: victim not in worker_pids(node), timeout=10, message="worker did not exit")
+    poll_until(
+        lambda: (
+            scalar(node, "SELECT pg_background_queue_calibrate_workers_count()")
+            == len(worker_pids(node))
+        ),
+        timeout=10,
+        message="count drifted",
+    )
 
 
 def test_views_show_own_workers_only(node: Any) -> None:
     t = enqueue(node, "SELECT pg_sleep(1)", user="alice")
-    poll_until(lambda: task(node, t)["state"] == "running", timeout=15,
-               message="task did not start")
-    mine = query(node, "SELECT role, task_id FROM pg_background_queue_workers "
-                       "WHERE state = 'running'", user="alice")
+    poll_until(
+        lambda: task(node, t)["state"] == "running", timeout=15, message="task did not start"
+    )
+    mine = query(
+        node,
+        "SELECT role, task_id FROM pg_background_queue_workers WHERE state = 'running'",
+        user="alice",
+    )
     assert {"role": "alice", "task_id": t} in mine
     theirs = query(node, "SELECT role FROM pg_background_queue_workers", user="bob")
     assert all(r["role"] == "bob" for r in theirs)

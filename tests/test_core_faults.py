@@ -12,25 +12,29 @@ from typing import Any
 
 import psycopg
 import pytest
-from core_helpers import enqueue, query, scalar, set_config, task, wait_tasks
 
+from core_helpers import enqueue, query, scalar, set_config, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 TOPICS = {"crashy": {"retry_count": 2}, "held": {"max_parallel_running_tasks_count": 0}}
 
 # Sleeps until the test creates table public.go, then finishes quickly; its
 # INSERT commits only together with the task's finished mark.
-LONG_TASK = ("INSERT INTO public.effects VALUES (1); "
-             "SELECT pg_sleep(CASE WHEN to_regclass('public.go') IS NULL THEN 120 ELSE 0 END)")
+LONG_TASK = (
+    "INSERT INTO public.effects VALUES (1); "
+    "SELECT pg_sleep(CASE WHEN to_regclass('public.go') IS NULL THEN 120 ELSE 0 END)"
+)
 
 
 @pytest.fixture
 def node() -> Iterator[Any]:
-    n = make_node(extra_conf={
-        "pg_background_queue.topic_config": json.dumps(TOPICS),
-        "pg_background_queue.worker_idle_timeout": "30s",
-        "restart_after_crash": "on",
-    })
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.topic_config": json.dumps(TOPICS),
+            "pg_background_queue.worker_idle_timeout": "30s",
+            "restart_after_crash": "on",
+        }
+    )
     query(n, "CREATE TABLE effects (x int)")
     yield n
     destroy_node(n)
@@ -38,18 +42,21 @@ def node() -> Iterator[Any]:
 
 def survive(fn: Callable[[], Any]) -> Callable[[], Any]:
     """Wrap a poll condition so that a restarting server counts as 'not yet'."""
+
     def wrapped() -> Any:
         try:
             return fn()
         except psycopg.OperationalError:
             return None
+
     return wrapped
 
 
 def start_long_task(node: Any) -> tuple[int, int]:
     t = enqueue(node, LONG_TASK, "crashy")
-    poll_until(lambda: task(node, t)["state"] == "running", timeout=20,
-               message="task did not start")
+    poll_until(
+        lambda: task(node, t)["state"] == "running", timeout=20, message="task did not start"
+    )
     pid = task(node, t)["worker_pid"]
     assert pid
     return t, int(pid)
@@ -57,21 +64,26 @@ def start_long_task(node: Any) -> tuple[int, int]:
 
 def check_recovered_once(node: Any, t: int) -> dict[str, Any]:
     query(node, "CREATE TABLE IF NOT EXISTS go ()")
-    row = poll_until(survive(lambda: (r := task(node, t))["state"] == "finished" and r),
-                     timeout=60, message="task did not finish after recovery")
+    row = poll_until(
+        survive(lambda: (r := task(node, t))["state"] == "finished" and r),
+        timeout=60,
+        message="task did not finish after recovery",
+    )
     assert row["attempts"] == 2, "the interrupted attempt is counted"
     assert row["error_history"][0]["sqlstate"] == "57P02"
     assert scalar(node, "SELECT count(*) FROM effects") == 1, "effects exactly once"
-    assert scalar(node, "SELECT count(*) FROM pg_background_tasks "
-                        "WHERE state = 'running'") == 0
+    assert scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE state = 'running'") == 0
     return row
 
 
 def test_sigkill_of_a_worker_counts_the_attempt_and_retries(node: Any) -> None:
     t, pid = start_long_task(node)
     os.kill(pid, signal.SIGKILL)
-    poll_until(survive(lambda: task(node, t)["state"] in ("retrying", "pending")),
-               timeout=60, message="crashed task was not recovered")
+    poll_until(
+        survive(lambda: task(node, t)["state"] in ("retrying", "pending")),
+        timeout=60,
+        message="crashed task was not recovered",
+    )
     check_recovered_once(node, t)
 
 
@@ -84,11 +96,14 @@ def test_immediate_shutdown_counts_the_attempt(node: Any) -> None:
 
 def test_clean_shutdown_burns_no_attempt(node: Any) -> None:
     t, _ = start_long_task(node)
-    query(node, "CREATE TABLE go ()")   # the sleeping attempt will not notice
+    query(node, "CREATE TABLE go ()")  # the sleeping attempt will not notice
     node.stop(["-m", "fast"])
     node.start()
-    row = poll_until(survive(lambda: (r := task(node, t))["state"] == "finished" and r),
-                     timeout=60, message="task did not run after restart")
+    row = poll_until(
+        survive(lambda: (r := task(node, t))["state"] == "finished" and r),
+        timeout=60,
+        message="task did not run after restart",
+    )
     assert row["attempts"] == 1
     assert row["error_history"] == []
     assert scalar(node, "SELECT count(*) FROM effects") == 1
@@ -96,29 +111,42 @@ def test_clean_shutdown_burns_no_attempt(node: Any) -> None:
 
 def test_launcher_comes_back_after_termination(node: Any) -> None:
     def launcher() -> int | None:
-        return scalar(node, "SELECT pid FROM pg_stat_activity "
-                            "WHERE backend_type = 'pg_background_queue launcher'")
+        return scalar(
+            node,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_background_queue launcher'",
+        )
+
     old = poll_until(launcher, timeout=10, message="no launcher")
     query(node, "SELECT pg_terminate_backend(%s)", (old,))
-    new = poll_until(lambda: (p := launcher()) and p != old and p, timeout=20,
-                     message="launcher did not come back")
+    new = poll_until(
+        lambda: (p := launcher()) and p != old and p,
+        timeout=20,
+        message="launcher did not come back",
+    )
     assert new != old
     t = enqueue(node, "SELECT 1")
     assert wait_tasks(node, [t])[0]["state"] == "finished"
 
 
 def test_standby_runs_nothing_and_promotion_resumes_the_queue(node: Any) -> None:
-    ids = [enqueue(node, "INSERT INTO effects VALUES (%d)" % i, "held") for i in range(5)]
+    ids = [enqueue(node, f"INSERT INTO effects VALUES ({i})", "held") for i in range(5)]
     backup = node.backup()
     replica = backup.spawn_replica("standby").start()
     try:
         replica.catchup()
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             enqueue(replica, "SELECT 1")
-        assert scalar(replica, "SELECT count(*) FROM pg_stat_activity "
-                               "WHERE backend_type LIKE 'pg_background_queue%%'") == 0
-        assert scalar(replica, "SELECT count(*) FROM pg_background_tasks "
-                               "WHERE state = 'pending'") == 5
+        assert (
+            scalar(
+                replica,
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE backend_type LIKE 'pg_background_queue%%'",
+            )
+            == 0
+        )
+        assert (
+            scalar(replica, "SELECT count(*) FROM pg_background_tasks WHERE state = 'pending'") == 5
+        )
         node.stop(["-m", "immediate"])
         replica.promote()
         set_config(replica, topic_config={**TOPICS, "held": {}})
@@ -134,12 +162,26 @@ def test_ensure_workers_from_a_real_pg_cron_job() -> None:
     n = make_node(cron=True)
     try:
         query(n, "CREATE TABLE hits (at timestamptz)")
-        query(n, "SELECT cron.schedule('pgbq-ensure', '1 seconds', "
-                 "'SELECT pg_background_queue_ensure_workers()')")
-        poll_until(lambda: scalar(n, "SELECT count(*) FROM cron.job_run_details "
-                                     "WHERE command LIKE '%%ensure_workers%%' "
-                                     "AND status = 'succeeded'") >= 2,
-                   timeout=60, message="pg_cron never ran ensure_workers successfully")
+        # pg_cron 1.4 (Debian 12) schedules at minute granularity at best
+        query(
+            n,
+            "SELECT cron.schedule('pgbq-ensure', '* * * * *', "
+            "'SELECT pg_background_queue_ensure_workers()')",
+        )
+        poll_until(
+            lambda: (
+                scalar(
+                    n,
+                    "SELECT count(*) FROM cron.job_run_details "
+                    "WHERE command LIKE '%%ensure_workers%%' "
+                    "AND status = 'succeeded'",
+                )
+                >= 1
+            ),
+            timeout=75,
+            interval=0.5,
+            message="pg_cron never ran ensure_workers successfully",
+        )
         t = enqueue(n, "INSERT INTO hits VALUES (now())")
         assert wait_tasks(n, [t])[0]["state"] == "finished"
     finally:

@@ -4,14 +4,15 @@ and configuration reloads picked up by running workers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from core_helpers import enqueue, make_role, query, scalar, set_config, task, wait_tasks
 
+from core_helpers import enqueue, make_role, query, scalar, set_config, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 TOPICS = {
@@ -27,11 +28,13 @@ TOPICS = {
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Any]:
-    n = make_node(extra_conf={
-        "pg_background_queue.max_parallel_running_tasks_count": 3,
-        "pg_background_queue.topic_config": json.dumps(TOPICS),
-        "pg_background_queue.worker_idle_timeout": "30s",
-    })
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 3,
+            "pg_background_queue.topic_config": json.dumps(TOPICS),
+            "pg_background_queue.worker_idle_timeout": "30s",
+        }
+    )
     # every task logs its start and end; overlaps are computed from this table
     query(n, "CREATE TABLE spans (tag text, started timestamptz, ended timestamptz)")
     query(n, "GRANT ALL ON spans TO PUBLIC")
@@ -42,43 +45,58 @@ def node() -> Iterator[Any]:
 
 
 def span(tag: str, seconds: float) -> str:
-    return (f"INSERT INTO public.spans SELECT '{tag}', clock_timestamp(), NULL; "
-            f"SELECT pg_sleep({seconds}); "
-            f"UPDATE public.spans SET ended = clock_timestamp() "
-            f"WHERE tag = '{tag}' AND ended IS NULL")
+    return (
+        f"INSERT INTO public.spans SELECT '{tag}', clock_timestamp(), NULL; "
+        f"SELECT pg_sleep({seconds}); "
+        f"UPDATE public.spans SET ended = clock_timestamp() "
+        f"WHERE tag = '{tag}' AND ended IS NULL"
+    )
 
 
 def max_overlap(node: Any, prefix: str) -> int:
     """Largest number of spans with this tag prefix that ran at one instant."""
-    return int(scalar(node, """
+    return int(
+        scalar(
+            node,
+            """
         SELECT max(c) FROM (
             SELECT (SELECT count(*) FROM spans o
                      WHERE o.tag LIKE %(p)s AND o.started <= s.started
                        AND o.ended > s.started) AS c
-              FROM spans s WHERE s.tag LIKE %(p)s) x""", {"p": prefix + "%"}))
+              FROM spans s WHERE s.tag LIKE %(p)s) x""",
+            {"p": prefix + "%"},
+        )
+    )
 
 
 def test_global_limit_across_roles_and_pools(node: Any) -> None:
-    ids = [enqueue(node, span(f"g{i}", 0.4), user=("alice" if i % 2 else "bob"))
-           for i in range(9)]
+    ids = [enqueue(node, span(f"g{i}", 0.4), user=("alice" if i % 2 else "bob")) for i in range(9)]
     seen = 0
 
     def done() -> bool:
         nonlocal seen
-        seen = max(seen, int(scalar(node, "SELECT count(*) FROM pg_background_tasks "
-                                          "WHERE state = 'running'")))
+        seen = max(
+            seen,
+            int(scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE state = 'running'")),
+        )
         assert seen <= 3
-        return scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE id = ANY(%s) "
-                            "AND state = 'finished'", (ids,)) == len(ids)
+        return scalar(
+            node,
+            "SELECT count(*) FROM pg_background_tasks WHERE id = ANY(%s) AND state = 'finished'",
+            (ids,),
+        ) == len(ids)
+
     poll_until(done, timeout=60, interval=0.02, message="global limit test did not finish")
     assert max_overlap(node, "g") <= 3
     assert max_overlap(node, "g") >= 2, "tasks should run in parallel up to the limit"
 
 
-@pytest.mark.parametrize("topic, limit", [("one", 1), ("two", 2)])
+@pytest.mark.parametrize(("topic", "limit"), [("one", 1), ("two", 2)])
 def test_topic_limit_is_never_exceeded(node: Any, topic: str, limit: int) -> None:
-    ids = [enqueue(node, span(f"{topic}-{i}", 0.3), topic,
-                   user=("alice" if i % 2 else "bob")) for i in range(6)]
+    ids = [
+        enqueue(node, span(f"{topic}-{i}", 0.3), topic, user=("alice" if i % 2 else "bob"))
+        for i in range(6)
+    ]
     rows = wait_tasks(node, ids, timeout=60)
     assert all(r["state"] == "finished" for r in rows)
     assert max_overlap(node, f"{topic}-") == limit
@@ -90,7 +108,7 @@ def test_delay_in_sec_spaces_starts_without_parking_workers(node: Any) -> None:
     rows = wait_tasks(node, spaced + fast, timeout=60)
     assert all(r["state"] == "finished" for r in rows)
     starts = [r["started_at"] for r in rows[:4]]
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     assert all(g >= 0.6 - 0.005 for g in gaps), gaps
     # the default-topic tasks did not wait behind the rate-limited ones
     last_fast = max(r["closed_at"] for r in rows[4:])
@@ -102,14 +120,16 @@ def test_priority_then_eligible_time_then_id(node: Any) -> None:
     query(node, "CREATE TABLE ord (n int, seq serial)")
     # hold the single-slot topic busy so the queue builds up, then let it drain
     blocker = enqueue(node, "SELECT pg_sleep(1)", "one")
-    poll_until(lambda: task(node, blocker)["state"] == "running", timeout=15,
-               message="blocker did not start")
+    poll_until(
+        lambda: task(node, blocker)["state"] == "running",
+        timeout=15,
+        message="blocker did not start",
+    )
     specs = [(5, "a"), (1, "b"), (3, "c"), (1, "d"), (5, "e"), (0, "f")]
     ids = []
     for prio, name in specs:
-        ids.append(enqueue(node, f"INSERT INTO ord (n) VALUES (ascii('{name}'))", "one",
-                           prio))
-    wait_tasks(node, ids + [blocker], timeout=60)
+        ids.append(enqueue(node, f"INSERT INTO ord (n) VALUES (ascii('{name}'))", "one", prio))
+    wait_tasks(node, [*ids, blocker], timeout=60)
     order = [chr(r["n"]) for r in query(node, "SELECT n FROM ord ORDER BY seq")]
     assert order == ["f", "b", "d", "c", "a", "e"]
 
@@ -126,7 +146,8 @@ def test_retries_wait_two_to_the_n_seconds(node: Any) -> None:
     t = enqueue(node, "SELECT 1/0", "flaky")
     row = wait_tasks(node, [t], timeout=30)[0]
     assert row["state"] == "failed"
-    assert row["attempts"] == 3 and row["retry_count"] == 2
+    assert row["attempts"] == 3
+    assert row["retry_count"] == 2
     hist = row["error_history"]
     assert [h["attempt"] for h in hist] == [1, 2, 3]
     assert {h["sqlstate"] for h in hist} == {"22012"}
@@ -138,8 +159,11 @@ def test_retries_wait_two_to_the_n_seconds(node: Any) -> None:
 
 def test_retrying_state_and_delay_are_visible(node: Any) -> None:
     t = enqueue(node, "SELECT 1/0", "flaky")
-    poll_until(lambda: task(node, t)["state"] == "retrying", timeout=15,
-               message="task did not go to retrying")
+    poll_until(
+        lambda: task(node, t)["state"] == "retrying",
+        timeout=15,
+        message="task did not go to retrying",
+    )
     row = task(node, t)
     assert row["retry_delay_in_sec"] == 2
     assert row["next_run_at"] > row["joined_at"]
@@ -155,8 +179,7 @@ def test_no_retries_means_failed_at_once(node: Any) -> None:
 
 
 def test_timeout_fails_the_attempt_with_57014(node: Any) -> None:
-    set_config(node, topic_config={**TOPICS, "slowpoke": {"timeout_in_sec": 1,
-                                                           "retry_count": 0}})
+    set_config(node, topic_config={**TOPICS, "slowpoke": {"timeout_in_sec": 1, "retry_count": 0}})
     t = enqueue(node, "SELECT pg_sleep(30)", "slowpoke")
     row = wait_tasks(node, [t], timeout=15)[0]
     assert row["state"] == "failed"
@@ -168,8 +191,9 @@ def test_timeout_fails_the_attempt_with_57014(node: Any) -> None:
 
 def test_cancel_interrupts_a_running_task_and_never_retries(node: Any) -> None:
     t = enqueue(node, "SELECT pg_sleep(60)", "flaky", user="alice")
-    poll_until(lambda: task(node, t)["state"] == "running", timeout=15,
-               message="task did not start")
+    poll_until(
+        lambda: task(node, t)["state"] == "running", timeout=15, message="task did not start"
+    )
     assert scalar(node, "SELECT pg_background_cancel(%s)", (t,), user="bob") is False
     assert scalar(node, "SELECT pg_background_cancel(%s)", (t,), user="alice") is True
     row = wait_tasks(node, [t], timeout=10)[0]
