@@ -519,6 +519,19 @@ pgbq_give_back(PgbqTask *task)
 }
 
 /*
+ * pgbq_reannounce
+ *		After giving a task back, announce it again so that another worker
+ *		(or a new one) takes it: this worker is about to exit.
+ */
+static void
+pgbq_reannounce(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+
+	pgbq_announce_work(me->dboid, me->roleoid, 1, 0);
+}
+
+/*
  * pgbq_give_back_standalone
  *		Give a claimed but not started task back, in its own transaction.
  */
@@ -530,6 +543,7 @@ pgbq_give_back_standalone(PgbqTask *task)
 	pgbq_give_back(task);
 	pgbq_release_slot_task();
 	CommitTransactionCommand();
+	pgbq_reannounce();
 }
 
 /*
@@ -686,6 +700,8 @@ pgbq_run_task(PgbqTask *task)
 			}
 		}
 		CommitTransactionCommand();
+		if (shutdown)
+			pgbq_reannounce();
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();

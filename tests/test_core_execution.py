@@ -278,7 +278,13 @@ def test_workers_count_matches_processes(node: Any) -> None:
             >= 2
         )
 
-    poll_until(running, timeout=15, message="tasks did not start")
+    try:
+        poll_until(running, timeout=15, message="tasks did not start")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nworkers: {query(node, 'SELECT * FROM pg_background_queue_workers')}"
+            f"\ntasks: {query(node, 'SELECT id, owner, state, started_at, closed_at FROM pg_background_tasks WHERE id = ANY(%s)', (ids,))}"
+        ) from exc
     for _ in range(5):
         assert scalar(node, "SELECT pg_background_queue_active_workers_count()") == len(
             worker_pids(node)
