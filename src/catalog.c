@@ -18,6 +18,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -253,4 +254,21 @@ pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
 
 	if (strcmp(state, "retrying") != 0)
 		pgbq_notify_terminal(task_id, state);
+}
+
+/*
+ * pgbq_recover_from_error
+ *		Inside a PG_CATCH of a worker's own loop: report the error to the log,
+ *		abort whatever transaction was open and return to ctx, so the worker
+ *		can go on.
+ */
+void
+pgbq_recover_from_error(MemoryContext ctx)
+{
+	MemoryContextSwitchTo(ctx);
+	HOLD_INTERRUPTS();
+	EmitErrorReport();
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	RESUME_INTERRUPTS();
 }

@@ -21,6 +21,7 @@
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "utils/memutils.h"
 #include "postmaster/bgworker.h"
 #include "utils/guc.h"
 
@@ -380,6 +381,8 @@ pgbq_json_depth(const char *s)
 	return maxdepth;
 }
 
+static bool pgbq_parse_topic_config(const char *json, PgbqParseState *st_out);
+
 /*
  * pgbq_check_topic_config
  *		GUC check hook: parse and validate, hand the result over as extra.
@@ -389,12 +392,12 @@ pgbq_check_topic_config(char **newval, void **extra, GucSource source)
 {
 	const char *json = *newval;
 	PgbqParseState st;
-	JsonSemAction sem;
-	JsonLexContext *lex;
-	JsonParseErrorType rc;
 	PgbqTopicConfig *result;
 	Size		size;
 	const char *p;
+	MemoryContext tmpctx;
+	MemoryContext oldctx;
+	bool		ok;
 
 	(void) source;
 
@@ -413,6 +416,45 @@ pgbq_check_topic_config(char **newval, void **extra, GucSource source)
 							PGBQ_TOPIC_JSON_MAX_DEPTH);
 		return false;
 	}
+
+	/* parse in a scratch context: reloads must not leak in the postmaster */
+	tmpctx = AllocSetContextCreate(CurrentMemoryContext, "pg_background_queue topic_config",
+								   ALLOCSET_SMALL_SIZES);
+	oldctx = MemoryContextSwitchTo(tmpctx);
+	ok = pgbq_parse_topic_config(json, &st);
+	MemoryContextSwitchTo(oldctx);
+	if (ok)
+	{
+		size = offsetof(PgbqTopicConfig, topics) +
+			sizeof(PgbqTopicEntry) * st.config->ntopics;
+		result = (PgbqTopicConfig *) malloc(size);
+		if (result == NULL)
+		{
+			GUC_check_errdetail("out of memory");
+			ok = false;
+		}
+		else
+		{
+			memcpy(result, st.config, size);
+			*extra = result;
+		}
+	}
+	MemoryContextDelete(tmpctx);
+	return ok;
+}
+
+/*
+ * pgbq_parse_topic_config
+ *		Parse and validate topic_config into st->config; on failure set the
+ *		GUC error detail and return false.
+ */
+static bool
+pgbq_parse_topic_config(const char *json, PgbqParseState *st_out)
+{
+	PgbqParseState st;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	JsonParseErrorType rc;
 
 	memset(&st, 0, sizeof(st));
 	st.config = palloc0(offsetof(PgbqTopicConfig, topics) +
@@ -441,14 +483,7 @@ pgbq_check_topic_config(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("%s.", st.error);
 		return false;
 	}
-
-	size = offsetof(PgbqTopicConfig, topics) +
-		sizeof(PgbqTopicEntry) * st.config->ntopics;
-	result = (PgbqTopicConfig *) malloc(size);
-	if (result == NULL)
-		return false;
-	memcpy(result, st.config, size);
-	*extra = result;
+	*st_out = st;
 	return true;
 }
 

@@ -284,12 +284,7 @@ pgbq_guarded_step(int step, int64 *result)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(ctx);
-		HOLD_INTERRUPTS();
-		EmitErrorReport();
-		AbortOutOfAnyTransaction();
-		FlushErrorState();
-		RESUME_INTERRUPTS();
+		pgbq_recover_from_error(ctx);
 		*result = 0;
 		ok = false;
 	}

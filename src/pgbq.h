@@ -23,6 +23,7 @@
 #include "datatype/timestamp.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "utils/palloc.h"
 
 #define PGBQ_EXTENSION_NAME		"pg_background_queue"
 #define PGBQ_NOTIFY_CHANNEL		"pg_background_queue"
@@ -200,6 +201,7 @@ extern void pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
 										const char *message,
 										const char *detail);
 extern void pgbq_notify_terminal(int64 task_id, const char *state);
+extern void pgbq_recover_from_error(MemoryContext ctx);
 
 /* ---------------------------------------------------------------------
  * Processes (launcher.c, worker.c, maintenance.c, executor.c)

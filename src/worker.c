@@ -469,12 +469,7 @@ pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(ctx);
-		HOLD_INTERRUPTS();
-		EmitErrorReport();
-		AbortOutOfAnyTransaction();
-		FlushErrorState();
-		RESUME_INTERRUPTS();
+		pgbq_recover_from_error(ctx);
 		QueryCancelPending = false;
 		pgbq_release_slot_task();
 		*task = NULL;
