@@ -30,3 +30,6 @@ PG_CFLAGS = -Wall -Wextra $(COPT)
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every object depends on the shared headers (PGXS does not track them)
+$(OBJS): src/pgbq.h src/compat.h

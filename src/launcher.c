@@ -326,22 +326,38 @@ pgbq_count_workers(Oid dboid, Oid roleoid, int *tasks_all, int *tasks_pair,
 static void
 pgbq_make_room(Oid dboid, Oid roleoid)
 {
+	PgbqSlot   *victim = NULL;
 	int			i;
 
+	/*
+	 * Prefer a worker with nothing scheduled, else the one whose delayed
+	 * work is due last; it hands its wake-up time over when it leaves.
+	 */
 	for (i = 0; i < pgbq_shared->nslots; i++)
 	{
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
-		if (s->state == PGBQ_SLOT_IDLE && s->kind == PGBQ_KIND_TASK &&
-			!s->exit_requested &&
-			(s->dboid != dboid || s->roleoid != roleoid))
-		{
-			s->exit_requested = true;
-			if (s->latch)
-				SetLatch(s->latch);
-			return;
-		}
+		if (s->state != PGBQ_SLOT_IDLE || s->kind != PGBQ_KIND_TASK ||
+			s->exit_requested || (s->dboid == dboid && s->roleoid == roleoid))
+			continue;
+		if (victim == NULL ||
+			(victim->wake_at != 0 && (s->wake_at == 0 || s->wake_at > victim->wake_at)))
+			victim = s;
 	}
+	if (victim == NULL)
+		return;
+	/* one pending eviction at a time is enough */
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK &&
+			s->exit_requested && s->pid > 0)
+			return;
+	}
+	victim->exit_requested = true;
+	if (victim->latch)
+		SetLatch(victim->latch);
 }
 
 /*
@@ -415,6 +431,7 @@ static TimestampTz
 pgbq_schedule_task_workers(TimestampTz now)
 {
 	TimestampTz next_due = 0;
+	bool		unmet = false;
 	int			i;
 
 	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
@@ -479,7 +496,13 @@ pgbq_schedule_task_workers(TimestampTz now)
 		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid)
 			d->want = Max(need, 0);
 		LWLockRelease(pgbq_shared->lock);
+		if (need > 0)
+			unmet = true;
 	}
+	/* while demand is unmet, a worker finishing a task wakes us */
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	pgbq_shared->unmet_demand = unmet;
+	LWLockRelease(pgbq_shared->lock);
 	return next_due;
 }
 

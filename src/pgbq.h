@@ -100,6 +100,7 @@ typedef struct PgbqSlot
 	bool		cancel_requested;	/* for task_id */
 	bool		exit_requested;
 	bool		waiting_capacity;	/* wake me when a running slot frees */
+	TimestampTz wake_at;		/* idle worker: when its delayed work is due */
 } PgbqSlot;
 
 typedef struct PgbqDemand
@@ -136,6 +137,7 @@ typedef struct PgbqShared
 	pid_t		launcher_pid;
 	Latch	   *launcher_latch;
 	bool		rescan_requested;	/* maintenance for every database */
+	bool		unmet_demand;	/* launcher waits for a worker to free up */
 	int			nslots;
 	PgbqDemand	demands[PGBQ_MAX_DEMANDS];
 	PgbqDatabase databases[PGBQ_MAX_DATABASES];

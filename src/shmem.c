@@ -234,12 +234,14 @@ pgbq_wake_capacity_waiters(void)
 
 /*
  * pgbq_slot_finish_task
- *		The slot no longer runs a task; wake workers waiting for capacity.
+ *		The slot no longer runs a task; wake workers waiting for capacity,
+ *		and the launcher if it waits for a worker to become idle.
  */
 void
 pgbq_slot_finish_task(int slotno)
 {
 	PgbqSlot   *me = &pgbq_shared->slots[slotno];
+	Latch	   *launcher;
 
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 	if (me->state == PGBQ_SLOT_RUNNING)
@@ -250,7 +252,10 @@ pgbq_slot_finish_task(int slotno)
 	me->task_id = 0;
 	me->cancel_requested = false;
 	pgbq_wake_capacity_waiters();
+	launcher = pgbq_shared->unmet_demand ? pgbq_shared->launcher_latch : NULL;
 	LWLockRelease(pgbq_shared->lock);
+	if (launcher)
+		SetLatch(launcher);
 }
 
 /*

@@ -527,6 +527,24 @@ pgbq_reannounce(void)
 }
 
 /*
+ * pgbq_hand_over_wakeup
+ *		Leaving while delayed work of our (database, role) is due later: let
+ *		the launcher start a worker for it when it is due.
+ */
+static void
+pgbq_hand_over_wakeup(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	TimestampTz wake_at;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	wake_at = me->wake_at;
+	LWLockRelease(pgbq_shared->lock);
+	if (wake_at != 0)
+		pgbq_announce_work(me->dboid, me->roleoid, 0, wake_at);
+}
+
+/*
  * pgbq_give_back_standalone
  *		Give a claimed but not started task back, in its own transaction.
  */
@@ -794,6 +812,7 @@ pgbq_task_loop(void)
 		{
 			if (next)
 				pgbq_give_back_standalone(next);
+			pgbq_hand_over_wakeup();
 			break;
 		}
 
@@ -835,6 +854,9 @@ pgbq_task_loop(void)
 		if (wait_until != 0 && wait_until < deadline)
 			deadline = wait_until;
 		timeout_ms = (long) ((deadline - now + 999) / 1000);
+		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+		me->wake_at = wait_until;
+		LWLockRelease(pgbq_shared->lock);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -265,6 +265,11 @@ def read_log(node: Any) -> str:
         return f.read()
 
 
+TASKS_OF = (
+    "SELECT id, owner, state, started_at, closed_at FROM pg_background_tasks WHERE id = ANY(%s)"
+)
+
+
 def test_workers_count_matches_processes(node: Any) -> None:
     ids = [enqueue(node, "SELECT pg_sleep(0.5)", user=u) for u in ("alice", "bob", "alice")]
 
@@ -283,7 +288,7 @@ def test_workers_count_matches_processes(node: Any) -> None:
     except AssertionError as exc:
         raise AssertionError(
             f"{exc}\nworkers: {query(node, 'SELECT * FROM pg_background_queue_workers')}"
-            f"\ntasks: {query(node, 'SELECT id, owner, state, started_at, closed_at FROM pg_background_tasks WHERE id = ANY(%s)', (ids,))}"
+            f"\ntasks: {query(node, TASKS_OF, (ids,))}"
         ) from exc
     for _ in range(5):
         assert scalar(node, "SELECT pg_background_queue_active_workers_count()") == len(
