@@ -80,17 +80,12 @@ def _enqueue_workload(conn: psycopg.Connection[dict[str, Any]], role_dsn: str | 
             )
             ids += [r["id"] for r in cur.fetchall()]
         for bad in ("SELECT 1/0", "SELECT * FROM no_such_table"):
-            ids.append(
-                conn.execute("SELECT pg_background_enqueue(%s, 'flaky') AS id", (bad,)).fetchone()[
-                    "id"
-                ]
-            )  # type: ignore[index]
-        ids.append(
-            conn.execute(
-                "SELECT pg_background_enqueue('VACUUM (ANALYZE) "
-                "pgbq_demo_events', 'maintenance') AS id"
-            ).fetchone()["id"]
-        )  # type: ignore[index]
+            cur = conn.execute("SELECT pg_background_enqueue(%s, 'flaky') AS id", (bad,))
+            ids += [r["id"] for r in cur.fetchall()]
+        cur = conn.execute(
+            "SELECT pg_background_enqueue('VACUUM (ANALYZE) pgbq_demo_events', 'maintenance') AS id"
+        )
+        ids += [r["id"] for r in cur.fetchall()]
     if role_dsn is not None:
         with psycopg.connect(role_dsn, autocommit=True, row_factory=dict_row) as other:
             cur = other.execute(
