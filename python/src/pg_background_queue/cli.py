@@ -1,47 +1,252 @@
-"""``pgbq``: command line of pg_background_queue.
+"""``pgbq``: the command line of pg_background_queue.
 
-Connection: ``--dsn`` or the standard PG* environment variables.
+Connection: ``--dsn`` or the standard PG* environment variables (PGHOST, PGPORT, PGDATABASE,
+PGUSER, PGPASSWORD, ...).  Exit status: 0 success, 1 error, 2 usage, 3 timeout, 4 a task
+failed or was cancelled, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 
-import psycopg
+from tqdm import tqdm
+
+from pg_background_queue import metrics
+from pg_background_queue._table import duration, render
+from pg_background_queue.client import Client
+from pg_background_queue.errors import PgbqError, WaitTimeout
+from pg_background_queue.models import Task, TaskState
+
+EXIT_ERROR, EXIT_TIMEOUT, EXIT_TASK_FAILED = 1, 3, 4
 
 EXAMPLES = """examples:
-  pgbq demo                       run the demo on a throwaway cluster
-  pgbq --dsn "dbname=app" demo    run it against an existing server
-  pgbq status                     tasks per topic and state, and live workers
-  pgbq enqueue "VACUUM users" --topic maintenance
+  pgbq demo                                   demo on a throwaway cluster
+  pgbq --dsn "dbname=app" demo                the demo against your server
+  pgbq enqueue "VACUUM (ANALYZE) orders" --topic maintenance --wait
+  echo "REFRESH MATERIALIZED VIEW daily" | pgbq enqueue - --at 2h
+  pgbq tasks --state failed --topic etl       what failed, and why
+  pgbq wait 41 42 43 --timeout 600            block until they are done
+  pgbq metrics --listen :9187                 Prometheus endpoint
+
+exit status: 0 ok, 1 error, 2 usage, 3 timeout, 4 a task failed or was cancelled
 """
 
+_DELAY = re.compile(r"^\+?(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?$")
+_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
-def _status(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT coalesce(topic, '(default)'), state::text, count(*) "
-            "FROM pg_background_tasks GROUP BY 1, 2 ORDER BY 1, 2"
-        ).fetchall()
-        workers = conn.execute("SELECT count(*) FROM pg_background_queue_workers").fetchone()
-    print(f"{'topic':<20} {'state':<10} {'tasks':>8}")
-    for topic, state, n in rows:
-        print(f"{topic:<20} {state:<10} {n:>8}")
-    print(f"live workers: {workers[0] if workers else 0}")
+
+def parse_at(text: str) -> datetime | timedelta:
+    """``--at``: an ISO 8601 time (local time if no offset) or a delay like 30s, 5m, 2h, 1d."""
+    match = _DELAY.match(text.strip())
+    if match:
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: use ISO 8601 (2026-05-01T03:00+00:00) or a delay (90s, 5m)"
+        ) from None
+    return at if at.tzinfo else at.astimezone()
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
+
+
+@contextmanager
+def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[int, int], None]]:
+    disable = not sys.stderr.isatty() if args.progress is None else not args.progress
+    with tqdm(total=total, desc="tasks done", unit="task", disable=disable) as bar:
+
+        def update(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        yield update
+
+
+def _task_rows(tasks: Sequence[Task]) -> str:
+    rows = [
+        (
+            t.id,
+            t.topic or "(default)",
+            t.owner,
+            t.state.value,
+            t.attempts,
+            t.run_time,
+            t.sql_statement.replace("\n", " ")[:40],
+            (t.errors or "")[:60] or None,
+        )
+        for t in tasks
+    ]
+    headers = ("id", "topic", "owner", "state", "tries", "run", "sql", "error")
+    return render(headers, rows, empty="no tasks")
+
+
+def _wait_and_report(client: Client, args: argparse.Namespace, ids: list[int]) -> int:
+    with _progress(args, len(ids)) as update:
+        tasks = client.wait(ids, timeout=args.timeout, on_progress=update)
+    print(_task_rows(tasks))
+    bad = [t for t in tasks if t.state is not TaskState.FINISHED]
+    return EXIT_TASK_FAILED if bad else 0
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    """Summary per topic, and workers."""
+    stats = client.stats()
+    topics: dict[str | None, dict[str, object]] = {}
+    for s in stats:
+        row = topics.setdefault(s.topic, {})
+        row[s.state.value] = s.tasks
+        if s.state in (TaskState.PENDING, TaskState.RETRYING):
+            old = row.get("oldest")
+            if not isinstance(old, timedelta) or s.oldest_age > old:
+                row["oldest"] = s.oldest_age
+        if s.state is TaskState.FINISHED:
+            row["p50"], row["p95"] = s.p50_run_seconds, s.p95_run_seconds
+    states = [s.value for s in TaskState]
+    rows = [
+        (
+            topic or "(default)",
+            *(int(str(r.get(st, 0))) for st in states),
+            r.get("oldest"),
+            None if r.get("p50") is None else duration(float(str(r["p50"]))),
+            None if r.get("p95") is None else duration(float(str(r["p95"]))),
+        )
+        for topic, r in topics.items()
+    ]
+    print(render(("topic", *states, "oldest pending", "p50 run", "p95 run"), rows, "no tasks"))
+    workers = client.workers()
+    busy = sum(1 for w in workers if w.task_id is not None)
+    print(f"\nworkers: {len(workers)} live, {busy} running a task")
     return 0
 
 
-def _enqueue(dsn: str, text: str, topic: str | None, priority: int | None) -> int:
-    if text == "-":
-        text = sys.stdin.read()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT pg_background_enqueue(%s, %s, %s)", (text, topic, priority)
-        ).fetchone()
-    print(row[0] if row else "")
+def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
+    """List tasks."""
+    print(_task_rows(client.tasks(state=args.state, topic=args.topic, limit=args.limit)))
     return 0
+
+
+def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
+    """Enqueue one task, optionally waiting for it."""
+    text = sys.stdin.read() if args.sql == "-" else args.sql
+    task_id = client.enqueue(text, topic=args.topic, priority=args.priority, run_at=args.at)
+    print(task_id)
+    return _wait_and_report(client, args, [task_id]) if args.wait else 0
+
+
+def cmd_wait(client: Client, args: argparse.Namespace) -> int:
+    """Wait for tasks."""
+    return _wait_and_report(client, args, args.ids)
+
+
+def _each(verb: str, action: Callable[[int], bool], client: Client, ids: list[int]) -> int:
+    status = 0
+    for task_id in ids:
+        if action(task_id):
+            print(f"task {task_id}: {verb}")
+        else:
+            state = client.get(task_id).state
+            print(f"pgbq: task {task_id} was not {verb}: it is {state}", file=sys.stderr)
+            status = EXIT_ERROR
+    return status
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    """Cancel tasks."""
+    return _each("cancelled", client.cancel, client, args.ids)
+
+
+def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    """Retry tasks."""
+    return _each("queued again", client.retry, client, args.ids)
+
+
+def cmd_purge(client: Client, args: argparse.Namespace) -> int:
+    """Purge old terminal tasks."""
+    print(f"{client.purge(args.older_than)} task(s) purged")
+    return 0
+
+
+def cmd_workers(client: Client, args: argparse.Namespace) -> int:
+    """List live workers."""
+    rows = [
+        (w.pid, w.database, w.role, w.state, w.task_id, w.topic, w.running_since, w.tasks_done)
+        for w in client.workers()
+    ]
+    headers = ("pid", "database", "role", "state", "task", "topic", "running since", "done")
+    print(render(headers, rows, empty="no live workers"))
+    return 0
+
+
+def cmd_topics(client: Client, args: argparse.Namespace) -> int:
+    """Effective topic configuration."""
+    rows = [
+        (
+            t.topic or "(default)",
+            t.configured,
+            t.max_parallel_running_tasks_count,
+            t.priority,
+            t.retry_count,
+            t.delay_in_sec,
+            t.timeout_in_sec,
+            t.pending,
+            t.running,
+        )
+        for t in client.topics()
+    ]
+    headers = (
+        "topic", "configured", "max parallel", "priority", "retries", "delay s", "timeout s",
+        "pending", "running",
+    )  # fmt: skip
+    print(render(headers, rows))
+    return 0
+
+
+def cmd_metrics(client: Client, args: argparse.Namespace) -> int:
+    """Prometheus metrics, printed or served."""
+
+    def scrape() -> str:
+        return metrics.render(client.stats(), client.totals(), client.workers())
+
+    if args.listen is None:
+        sys.stdout.write(scrape())
+        return 0
+    host, port = metrics.parse_address(args.listen)
+    print(f"serving metrics on http://{host}:{port}/metrics (Ctrl-C to stop)", file=sys.stderr)
+    metrics.serve(args.listen, scrape)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "tasks": cmd_tasks,
+    "enqueue": cmd_enqueue,
+    "wait": cmd_wait,
+    "cancel": cmd_cancel,
+    "retry": cmd_retry,
+    "purge": cmd_purge,
+    "workers": cmd_workers,
+    "topics": cmd_topics,
+    "metrics": cmd_metrics,
+}
+
+
+def _add_wait_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout", type=_positive, default=None, help="give up after SECONDS (exit status 3)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,20 +258,71 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--dsn", default="", help="libpq connection string (default: PG* environment variables)"
+        "--dsn", help="libpq connection string (default: the PG* environment variables)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
+    parser.add_argument("--schema", help="schema of the extension, if not on the search_path")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: when stderr is a terminal)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("status", help="tasks per topic and state, run times, workers")
+
+    p = sub.add_parser("tasks", help="list tasks, newest first")
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in TaskState],
+        help="only this state (repeatable)",
+    )
+    p.add_argument("--topic", help="only this topic")
+    p.add_argument("--limit", type=int, default=50, help="at most N tasks (default 50)")
+
+    p = sub.add_parser(
+        "enqueue",
+        help="queue SQL (a statement or script; - reads stdin)",
+        description="Queue one task; prints its id.",
+    )
+    p.add_argument("sql", metavar="SQL", help="SQL text, or - to read it from stdin")
+    p.add_argument("--topic", help="topic (default: the default topic)")
+    p.add_argument("--priority", type=int, help="lower runs first (default: the topic's)")
+    p.add_argument(
+        "--at", type=parse_at, help="run at an ISO 8601 time, or after a delay (90s, 5m, 2h, 1d)"
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the task and show its result")
+    _add_wait_options(p)
+
+    p = sub.add_parser("wait", help="wait until tasks are finished, failed or cancelled")
+    p.add_argument("ids", metavar="ID", type=int, nargs="+")
+    _add_wait_options(p)
+
+    for name, text in (("cancel", "cancel tasks"), ("retry", "queue failed/cancelled tasks again")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("ids", metavar="ID", type=int, nargs="+")
+
+    p = sub.add_parser("purge", help="delete your finished/failed/cancelled tasks (keeps stats)")
+    p.add_argument(
+        "--older-than",
+        default="0",
+        metavar="INTERVAL",
+        help="only tasks closed before now() - INTERVAL, e.g. '7 days' (default: all)",
+    )
+
+    sub.add_parser("workers", help="live workers of the cluster")
+    sub.add_parser("topics", help="effective configuration of each topic")
+
+    p = sub.add_parser("metrics", help="Prometheus metrics (stdout, or HTTP with --listen)")
+    p.add_argument("--listen", metavar="ADDR", help="serve /metrics on HOST:PORT")
+
+    p = sub.add_parser(
         "demo",
-        help="run a short demo (throwaway cluster unless --dsn)",
+        help="a short tour on a throwaway cluster (or --dsn)",
         description="Run a mixed workload and print what happened.",
     )
-    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for tasks")
-    sub.add_parser("status", help="tasks per topic and state, and live workers")
-    enq = sub.add_parser("enqueue", help="enqueue one task (SQL text, or - for stdin)")
-    enq.add_argument("sql")
-    enq.add_argument("--topic")
-    enq.add_argument("--priority", type=int)
+    p.add_argument("--timeout", type=_positive, default=120.0, help="seconds to wait for tasks")
     return parser
 
 
@@ -77,18 +333,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from pg_background_queue import demo
 
-            return demo.run(args.dsn or None, timeout=args.timeout)
-        if args.command == "status":
-            return _status(args.dsn)
-        if args.command == "enqueue":
-            return _enqueue(args.dsn, args.sql, args.topic, args.priority)
-    except psycopg.Error as exc:
-        message = exc.diag.message_primary or str(exc).strip()
-        print(f"pgbq: error: {message}", file=sys.stderr)
-        return 1
+            return demo.run(args.dsn, timeout=args.timeout, progress=args.progress)
+        with Client(args.dsn or "", schema=args.schema) as client:
+            return COMMANDS[args.command](client, args)
+    except WaitTimeout as exc:
+        print(f"pgbq: timeout: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except PgbqError as exc:
+        print(f"pgbq: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, ValueError) as exc:
+        print(f"pgbq: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    return 2
 
 
 if __name__ == "__main__":

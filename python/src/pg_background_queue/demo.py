@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from tqdm import tqdm
+
+from pg_background_queue._table import duration, render
+from pg_background_queue.client import Client
+from pg_background_queue.errors import WaitTimeout
+from pg_background_queue.models import Task, TaskState
 
 TOPICS: dict[str, dict[str, float]] = {
     "critical": {"priority": 1, "max_parallel_running_tasks_count": 2},
@@ -101,57 +106,53 @@ def _enqueue_workload(conn: psycopg.Connection[dict[str, Any]], role_dsn: str | 
     return ids
 
 
-def _wait(conn: psycopg.Connection[dict[str, Any]], ids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    with tqdm(total=len(ids), desc="tasks done", unit="task") as bar:
-        done = 0
-        while done < len(ids) and time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state IN ('finished', 'failed', "
-                "'cancelled')) AS done, count(*) FILTER (WHERE state = "
-                "'retrying') AS retrying FROM pg_background_tasks "
-                "WHERE id = ANY(%s)",
-                (ids,),
-            ).fetchone()
-            assert row is not None
-            bar.set_postfix(retrying=row["retrying"])
-            bar.update(row["done"] - done)
-            done = row["done"]
-            time.sleep(0.2)
+def _wait(
+    client: Client, side: Client, ids: list[int], timeout: float, progress: bool | None
+) -> list[Task]:
+    disable = not sys.stderr.isatty() if progress is None else not progress
+    with tqdm(total=len(ids), desc="tasks done", unit="task", disable=disable) as bar:
+
+        def update(done: int, _total: int) -> None:
+            retrying = side.tasks(state=TaskState.RETRYING, limit=len(ids))
+            bar.set_postfix(retrying=len(retrying), refresh=False)
+            bar.update(done - bar.n)
+
+        try:
+            return client.wait(ids, timeout=timeout, on_progress=update)
+        except WaitTimeout as exc:
+            print(f"\n{exc}; the summary shows them as they are.")
+            return client.get_many(ids)
 
 
-def _summary(conn: psycopg.Connection[dict[str, Any]], ids: list[int]) -> int:
-    rows = conn.execute(
-        "SELECT id, coalesce(topic, '(default)') AS topic, owner::text AS owner, state, "
-        "attempts, round(extract(epoch FROM closed_at - started_at)::numeric, 2) AS secs, "
-        "left(sql_statement, 40) AS sql, errors FROM pg_background_tasks "
-        "WHERE id = ANY(%s) ORDER BY id",
-        (ids,),
-    ).fetchall()
-    print(f"\n{'id':>4}  {'topic':<12} {'as':<15} {'state':<9} {'tries':>5} {'secs':>5}  sql")
-    for r in rows:
-        print(
-            f"{r['id']:>4}  {r['topic']:<12} {r['owner']:<15} {r['state']:<9} "
-            f"{r['attempts']:>5} {r['secs'] or 0:>5}  {r['sql']}"
+def _summary(conn: psycopg.Connection[dict[str, Any]], tasks: list[Task]) -> int:
+    rows = [
+        (
+            t.id,
+            t.topic or "(default)",
+            t.owner,
+            t.state.value,
+            t.attempts,
+            None if t.run_time is None else duration(t.run_time.total_seconds()),
+            t.sql_statement[:44],
         )
-    failed = [r for r in rows if r["state"] != "finished"]
-    print(f"\n{len(rows) - len(failed)} finished, {len(failed)} did not:")
-    for r in failed:
-        hist = conn.execute(
-            "SELECT error_history FROM pg_background_tasks WHERE id = %s", (r["id"],)
-        ).fetchone()
+        for t in tasks
+    ]
+    print()
+    print(render(("id", "topic", "as", "state", "tries", "run", "sql"), rows))
+    failed = [t for t in tasks if t.state is not TaskState.FINISHED]
+    print(f"\n{len(tasks) - len(failed)} finished, {len(failed)} did not:")
+    for t in failed:
         attempts = ", ".join(
-            f"#{h['attempt']} {h['sqlstate']}" for h in (hist or {}).get("error_history", [])
+            f"#{e.attempt} {e.sqlstate} at {(e.at or '')[11:23]}" for e in t.error_history
         )
-        print(f"  task {r['id']} ({r['state']}): {r['errors']}  [attempts: {attempts}]")
-    order = conn.execute(
-        "SELECT topic, count(*) AS n, min(at) AS first FROM pgbq_demo_events "
-        "GROUP BY topic ORDER BY min(at)"
-    ).fetchall()
-    print(
-        "\nFirst effect per topic (priorities at work): "
-        + ", ".join(f"{o['topic']} ({o['n']} rows)" for o in order)
-    )
+        print(f"  task {t.id} ({t.state}): {t.errors}  [attempts: {attempts}]")
+    first: dict[str, datetime] = {}
+    for t in tasks:
+        if t.started_at is not None and t.retry_count == 0:
+            key = t.topic or "(default)"
+            first[key] = min(first.get(key, t.started_at), t.started_at)
+    order = sorted(first, key=first.__getitem__)
+    print("\nFirst start per topic (lower priority number first): " + " < ".join(order))
     who = conn.execute(
         "SELECT who, count(*) AS n FROM pgbq_demo_events GROUP BY who ORDER BY who"
     ).fetchall()
@@ -159,7 +160,7 @@ def _summary(conn: psycopg.Connection[dict[str, Any]], ids: list[int]) -> int:
     return 0
 
 
-def run(dsn: str | None = None, timeout: float = 60.0) -> int:
+def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = None) -> int:
     """Run the demo; returns a process exit code."""
     with (
         _server(dsn) as (superuser_dsn, role_dsn),
@@ -171,8 +172,9 @@ def run(dsn: str | None = None, timeout: float = 60.0) -> int:
         with_role = bool(is_super and is_super["rolsuper"]) and role_dsn is not None
         _setup(conn, with_role)
         ids = _enqueue_workload(conn, role_dsn if with_role else None)
-        _wait(conn, ids, timeout)
-        return _summary(conn, ids)
+        with Client(conn) as client, Client(superuser_dsn) as side:
+            tasks = _wait(client, side, ids, timeout, progress)
+            return _summary(conn, tasks)
 
 
 if __name__ == "__main__":

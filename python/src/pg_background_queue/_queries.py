@@ -1,0 +1,303 @@
+"""SQL of the client, shared by the sync and async APIs.
+
+Each method returns a :class:`Query`: a composed statement, its parameters, and the function
+that turns the fetched rows into the method's result.  :class:`~pg_background_queue.Client`
+and :class:`~pg_background_queue.AsyncClient` only differ in how they execute it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from psycopg import sql
+
+from pg_background_queue.errors import InvalidArgumentError, TaskNotFoundError, WaitTimeout
+from pg_background_queue.models import (
+    Task,
+    TaskState,
+    Topic,
+    TopicStats,
+    Totals,
+    Worker,
+)
+
+T = TypeVar("T")
+Row = Mapping[str, Any]
+RunAt = datetime | timedelta | None
+StateFilter = TaskState | str | Iterable[TaskState | str] | None
+
+NOTIFY_CHANNEL = "pg_background_queue"
+TASK_COLUMNS = (
+    "id", "sql_statement", "topic", "owner", "priority", "state", "joined_at", "run_at",
+    "next_run_at", "started_at", "closed_at", "attempts", "retry_count", "retry_delay_in_sec",
+    "errors", "error_history", "worker_pid",
+)  # fmt: skip
+TERMINAL = ("finished", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Generic[T]):
+    """A statement, its parameters, and the parser of its rows."""
+
+    statement: sql.Composed
+    params: Mapping[str, Any]
+    parse: Callable[[Sequence[Row]], T]
+
+
+def _states(state: StateFilter) -> list[str] | None:
+    if state is None:
+        return None
+    items = [state] if isinstance(state, str | TaskState) else list(state)
+    try:
+        return [TaskState(s).value for s in items]
+    except ValueError as exc:
+        valid = ", ".join(s.value for s in TaskState)
+        raise InvalidArgumentError(f"{exc} (valid states: {valid})") from None
+
+
+def _run_at(run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
+    if run_at is None or isinstance(run_at, datetime):
+        return run_at, None
+    if isinstance(run_at, timedelta):
+        return None, run_at
+    raise InvalidArgumentError(f"run_at must be a datetime or a timedelta, not {run_at!r}")
+
+
+def _first(rows: Sequence[Row]) -> Any:
+    return next(iter(rows[0].values())) if rows else None
+
+
+class Queries:
+    """Builds the client's statements for the extension installed in ``schema``."""
+
+    def __init__(self, schema: str | None = None) -> None:
+        self.schema = schema
+
+    def name(self, obj: str) -> sql.Identifier:
+        """An object of the extension, qualified when a schema was given."""
+        return sql.Identifier(self.schema, obj) if self.schema else sql.Identifier(obj)
+
+    def _task_select(self) -> sql.Composed:
+        cols = sql.SQL(", ").join(
+            sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(c))
+            if c in ("owner", "state")
+            else sql.Identifier(c)
+            for c in TASK_COLUMNS
+        )
+        return sql.SQL("SELECT {} FROM {}").format(cols, self.name("pg_background_tasks"))
+
+    def enqueue(
+        self, sql_text: str, topic: str | None, priority: int | None, run_at: RunAt
+    ) -> Query[int]:
+        """``pg_background_enqueue``: the new task's id."""
+        return self._enqueue("pg_background_enqueue", sql_text, topic, priority, run_at, _first)
+
+    def enqueue_many(
+        self, sqls: Sequence[str], topic: str | None, priority: int | None, run_at: RunAt
+    ) -> Query[list[int]]:
+        """``pg_background_enqueue_many``: the ids, in input order, in one round trip."""
+        if isinstance(sqls, str):
+            raise InvalidArgumentError("enqueue_many() takes a sequence of SQL strings, not a str")
+        return self._enqueue(
+            "pg_background_enqueue_many",
+            list(sqls),
+            topic,
+            priority,
+            run_at,
+            lambda rows: [next(iter(r.values())) for r in rows],
+        )
+
+    def _enqueue(
+        self,
+        function: str,
+        payload: Any,
+        topic: str | None,
+        priority: int | None,
+        run_at: RunAt,
+        parse: Callable[[Sequence[Row]], T],
+    ) -> Query[T]:
+        at, delay = _run_at(run_at)
+        stmt = sql.SQL(
+            "SELECT * FROM {}(%(sql)s, %(topic)s, %(priority)s::integer, "
+            "coalesce(%(at)s::timestamptz, statement_timestamp() + %(delay)s::interval))"
+        ).format(self.name(function))
+        params = {"sql": payload, "topic": topic, "priority": priority, "at": at, "delay": delay}
+        return Query(stmt, params, parse)
+
+    def get(self, task_id: int) -> Query[Task]:
+        """One task; :class:`TaskNotFoundError` when it is not visible."""
+
+        def parse(rows: Sequence[Row]) -> Task:
+            if not rows:
+                raise TaskNotFoundError(f"task {task_id} does not exist or is not yours")
+            return Task.from_row(rows[0])
+
+        stmt = sql.SQL("{} WHERE id = %(id)s").format(self._task_select())
+        return Query(stmt, {"id": task_id}, parse)
+
+    def get_many(self, ids: Sequence[int]) -> Query[list[Task]]:
+        """Tasks in the order of ``ids``; :class:`TaskNotFoundError` names missing ones."""
+
+        def parse(rows: Sequence[Row]) -> list[Task]:
+            found = {r["id"]: Task.from_row(r) for r in rows}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise TaskNotFoundError(
+                    f"task(s) {', '.join(map(str, missing))} do not exist or are not yours"
+                )
+            return [found[i] for i in ids]
+
+        stmt = sql.SQL("{} WHERE id = ANY(%(ids)s)").format(self._task_select())
+        return Query(stmt, {"ids": list(ids)}, parse)
+
+    def tasks(self, state: StateFilter, topic: str | None, limit: int) -> Query[list[Task]]:
+        """Newest tasks first, filtered by state(s) and topic."""
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, not {limit}")
+        stmt = sql.SQL(
+            "{} WHERE (%(states)s::text[] IS NULL OR state::text = ANY(%(states)s)) "
+            "AND (%(topic)s::text IS NULL OR topic = %(topic)s) ORDER BY id DESC LIMIT %(limit)s"
+        ).format(self._task_select())
+        params = {"states": _states(state), "topic": topic, "limit": limit}
+        return Query(stmt, params, lambda rows: [Task.from_row(r) for r in rows])
+
+    def done_ids(self, ids: Sequence[int]) -> Query[tuple[set[int], set[int]]]:
+        """Of ``ids``: (visible ids, ids in a terminal state)."""
+        stmt = sql.SQL(
+            "SELECT id, state::text = ANY(%(terminal)s) AS done FROM {} WHERE id = ANY(%(ids)s)"
+        ).format(self.name("pg_background_tasks"))
+        return Query(
+            stmt,
+            {"ids": list(ids), "terminal": list(TERMINAL)},
+            lambda rows: ({r["id"] for r in rows}, {r["id"] for r in rows if r["done"]}),
+        )
+
+    def cancel(self, task_id: int) -> Query[bool]:
+        """``pg_background_cancel``."""
+        return self._call_bool("pg_background_cancel", task_id)
+
+    def retry(self, task_id: int) -> Query[bool]:
+        """``pg_background_retry``."""
+        return self._call_bool("pg_background_retry", task_id)
+
+    def _call_bool(self, function: str, task_id: int) -> Query[bool]:
+        stmt = sql.SQL("SELECT {}(%(id)s::bigint) AS ok").format(self.name(function))
+        return Query(stmt, {"id": task_id}, lambda rows: bool(_first(rows)))
+
+    def purge(self, older_than: timedelta | str) -> Query[int]:
+        """``pg_background_queue_purge``: number of tasks deleted."""
+        stmt = sql.SQL("SELECT {}(%(older)s::interval) AS n").format(
+            self.name("pg_background_queue_purge")
+        )
+        return Query(stmt, {"older": older_than}, lambda rows: int(_first(rows) or 0))
+
+    def stats(self) -> Query[list[TopicStats]]:
+        """Per topic and state: counts, oldest age, run-time percentiles."""
+        stmt = sql.SQL("SELECT * FROM {} ORDER BY topic NULLS FIRST, state").format(
+            self.name("pg_background_queue_task_stats")
+        )
+        return Query(stmt, {}, lambda rows: [TopicStats.from_row(r) for r in rows])
+
+    def totals(self) -> Query[list[Totals]]:
+        """Cumulative terminal counts and run time per topic: live rows + pruned statistics."""
+        stmt = sql.SQL(
+            "SELECT topic, state, sum(tasks)::bigint AS tasks, sum(run_s)::float8 AS run_s FROM ("
+            " SELECT topic, state::text AS state, count(*) AS tasks,"
+            "  coalesce(sum(extract(epoch FROM closed_at - started_at)), 0) AS run_s"
+            " FROM {tasks} WHERE state::text = ANY(%(terminal)s) GROUP BY 1, 2"
+            " UNION ALL"
+            " SELECT nullif(topic, ''), state::text, sum(tasks), sum(total_run_seconds)"
+            " FROM {stats} GROUP BY 1, 2) AS t GROUP BY 1, 2 ORDER BY 1 NULLS FIRST, 2"
+        ).format(
+            tasks=self.name("pg_background_tasks"), stats=self.name("pg_background_queue_stats")
+        )
+        return Query(
+            stmt,
+            {"terminal": list(TERMINAL)},
+            lambda rows: [
+                Totals(r["topic"], TaskState(r["state"]), int(r["tasks"]), float(r["run_s"]))
+                for r in rows
+            ],
+        )
+
+    def workers(self) -> Query[list[Worker]]:
+        """Live workers of the cluster."""
+        stmt = sql.SQL("SELECT * FROM {} ORDER BY database, role, pid").format(
+            self.name("pg_background_queue_workers")
+        )
+        return Query(stmt, {}, lambda rows: [Worker(**r) for r in rows])
+
+    def topics(self) -> Query[list[Topic]]:
+        """Effective configuration and queue counts of every known topic."""
+        stmt = sql.SQL("SELECT * FROM {} ORDER BY topic NULLS FIRST").format(
+            self.name("pg_background_queue_topics")
+        )
+        return Query(stmt, {}, lambda rows: [Topic(**r) for r in rows])
+
+    @staticmethod
+    def listen(on: bool) -> sql.Composed:
+        """LISTEN / UNLISTEN on the extension's notification channel."""
+        verb = sql.SQL("LISTEN" if on else "UNLISTEN")
+        return sql.SQL("{} {}").format(verb, sql.Identifier(NOTIFY_CHANNEL))
+
+
+class WaitState:
+    """Bookkeeping of :meth:`Client.wait`, shared by the sync and async loops.
+
+    Notifications (``NOTIFY pg_background_queue '<id> <state>'``) remove ids as their tasks
+    end; a slow poll of the remaining ids covers a missed or disabled notification.
+    """
+
+    def __init__(
+        self,
+        ids: Iterable[int],
+        timeout: float | None,
+        poll_interval: float,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.ids = list(dict.fromkeys(ids))
+        self.remaining = set(self.ids)
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.on_progress = on_progress
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.next_poll = 0.0
+
+    def poll_due(self) -> bool:
+        """True when the remaining ids should be queried now."""
+        return bool(self.remaining) and time.monotonic() >= self.next_poll
+
+    def polled(self, visible: set[int], done: set[int]) -> None:
+        """Apply a poll's result (see :meth:`Queries.done_ids`)."""
+        missing = self.remaining - visible
+        if missing:
+            raise TaskNotFoundError(
+                f"task(s) {', '.join(map(str, sorted(missing)))} do not exist or are not yours"
+            )
+        self._finish(done)
+        self.next_poll = time.monotonic() + self.poll_interval
+
+    def notified(self, payload: str) -> None:
+        """Apply one notification's payload."""
+        parts = payload.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1] in TERMINAL:
+            self._finish({int(parts[0])})
+
+    def _finish(self, done: set[int]) -> None:
+        before = len(self.remaining)
+        self.remaining -= done
+        if self.on_progress is not None and len(self.remaining) != before:
+            self.on_progress(len(self.ids) - len(self.remaining), len(self.ids))
+
+    def wait_time(self) -> float:
+        """Seconds to wait for notifications before the next poll; raises on timeout."""
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            assert self.timeout is not None
+            raise WaitTimeout(self.remaining, self.timeout)
+        until = self.next_poll if self.deadline is None else min(self.next_poll, self.deadline)
+        return max(until - now, 0.0)
