@@ -326,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(kind: str, exc: BaseException) -> None:
+    """One line on stderr, whatever the message's shape."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"pgbq: {kind}: {text or type(exc).__name__}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgbq`` console script."""
     args = build_parser().parse_args(argv)
@@ -337,13 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Client(args.dsn or "", schema=args.schema) as client:
             return COMMANDS[args.command](client, args)
     except WaitTimeout as exc:
-        print(f"pgbq: timeout: {exc}", file=sys.stderr)
+        _fail("timeout", exc)
         return EXIT_TIMEOUT
-    except PgbqError as exc:
-        print(f"pgbq: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except (OSError, ValueError) as exc:
-        print(f"pgbq: error: {exc}", file=sys.stderr)
+    except (PgbqError, OSError, ValueError) as exc:
+        _fail("error", exc)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

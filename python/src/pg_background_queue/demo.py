@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pg_background_queue._table import duration, render
 from pg_background_queue.client import Client
-from pg_background_queue.errors import WaitTimeout
+from pg_background_queue.errors import InvalidSQLError, WaitTimeout
 from pg_background_queue.models import Task, TaskState
 
 TOPICS: dict[str, dict[str, float]] = {
@@ -35,10 +35,10 @@ DEMO_ROLE = "pgbq_demo_user"
 
 
 @contextmanager
-def _server(dsn: str | None) -> Iterator[tuple[str, str | None]]:
-    """Yield (superuser conninfo, conninfo template for the demo role) of the target server."""
+def _server(dsn: str | None) -> Iterator[str]:
+    """Yield the conninfo of the target server: ``dsn``, or a throwaway cluster's."""
     if dsn is not None:
-        yield dsn, None
+        yield dsn
         return
     from pg_background_queue.testing.cluster import conninfo, destroy_node, make_node
 
@@ -50,7 +50,7 @@ def _server(dsn: str | None) -> Iterator[tuple[str, str | None]]:
         }
     )
     try:
-        yield conninfo(node), conninfo(node, user=DEMO_ROLE)
+        yield conninfo(node)
     finally:
         destroy_node(node)
 
@@ -62,12 +62,11 @@ def _setup(conn: psycopg.Connection[dict[str, Any]], with_role: bool) -> None:
         "DEFAULT clock_timestamp())"
     )
     if with_role:
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(DEMO_ROLE)))
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(DEMO_ROLE)))
+        role = sql.Identifier(DEMO_ROLE)
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DEMO_ROLE,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
         conn.execute("SELECT pg_background_queue_grant_usage(%s)", (DEMO_ROLE,))
-        conn.execute(
-            sql.SQL("GRANT INSERT ON pgbq_demo_events TO {}").format(sql.Identifier(DEMO_ROLE))
-        )
+        conn.execute(sql.SQL("GRANT INSERT ON pgbq_demo_events TO {}").format(role))
 
 
 def _insert(topic: str, seconds: float = 0.0) -> str:
@@ -75,34 +74,24 @@ def _insert(topic: str, seconds: float = 0.0) -> str:
     return f"{sleep}INSERT INTO pgbq_demo_events (topic, who) VALUES ('{topic}', current_user)"
 
 
-def _enqueue_workload(conn: psycopg.Connection[dict[str, Any]], role_dsn: str | None) -> list[int]:
+def _enqueue_workload(
+    conn: psycopg.Connection[dict[str, Any]], client: Client, with_role: bool
+) -> list[int]:
     ids: list[int] = []
-    with conn.transaction():
+    with conn.transaction():  # all or nothing: the tasks start at COMMIT
         for topic, n, secs in (("reports", 6, 0.3), ("critical", 3, 0.1), (None, 4, 0.05)):
-            cur = conn.execute(
-                "SELECT pg_background_enqueue_many(%s, %s) AS id",
-                ([_insert(topic or "default", secs)] * n, topic),
-            )
-            ids += [r["id"] for r in cur.fetchall()]
+            ids += client.enqueue_many([_insert(topic or "default", secs)] * n, topic=topic)
         for bad in ("SELECT 1/0", "SELECT * FROM no_such_table"):
-            cur = conn.execute("SELECT pg_background_enqueue(%s, 'flaky') AS id", (bad,))
-            ids += [r["id"] for r in cur.fetchall()]
-        cur = conn.execute(
-            "SELECT pg_background_enqueue('VACUUM (ANALYZE) pgbq_demo_events', 'maintenance') AS id"
-        )
-        ids += [r["id"] for r in cur.fetchall()]
-    if role_dsn is not None:
-        with psycopg.connect(role_dsn, autocommit=True, row_factory=dict_row) as other:
-            cur = other.execute(
-                "SELECT pg_background_enqueue_many(%s, 'critical') AS id",
-                ([_insert("critical")] * 2,),
-            )
-            ids += [r["id"] for r in cur.fetchall()]
+            ids.append(client.enqueue(bad, topic="flaky"))
+        ids.append(client.enqueue("VACUUM (ANALYZE) pgbq_demo_events", topic="maintenance"))
+        if with_role:  # tasks run as the role that enqueues them
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(DEMO_ROLE)))
+            ids += client.enqueue_many([_insert("critical")] * 2, topic="critical")
     print(f"Enqueued {len(ids)} tasks.")
     try:
-        conn.execute("SELECT pg_background_enqueue('SELEC 1')")
-    except psycopg.Error as exc:
-        print(f"A bad task is refused at enqueue: {exc.sqlstate} {exc.diag.message_primary}")
+        client.enqueue("SELEC 1")
+    except InvalidSQLError as exc:
+        print(f"A bad task is refused at enqueue: {exc.sqlstate} {exc} (position {exc.position})")
     return ids
 
 
@@ -163,18 +152,21 @@ def _summary(conn: psycopg.Connection[dict[str, Any]], tasks: list[Task]) -> int
 def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = None) -> int:
     """Run the demo; returns a process exit code."""
     with (
-        _server(dsn) as (superuser_dsn, role_dsn),
-        psycopg.connect(superuser_dsn, autocommit=True, row_factory=dict_row) as conn,
+        _server(dsn) as target,
+        psycopg.connect(target, autocommit=True, row_factory=dict_row) as conn,
+        Client(conn) as client,
+        Client(target) as side,
     ):
+        if dsn is not None:
+            print("Using the server's pg_background_queue.topic_config for topic limits.")
         is_super = conn.execute(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
-        with_role = bool(is_super and is_super["rolsuper"]) and role_dsn is not None
+        with_role = bool(is_super and is_super["rolsuper"])
         _setup(conn, with_role)
-        ids = _enqueue_workload(conn, role_dsn if with_role else None)
-        with Client(conn) as client, Client(superuser_dsn) as side:
-            tasks = _wait(client, side, ids, timeout, progress)
-            return _summary(conn, tasks)
+        ids = _enqueue_workload(conn, client, with_role)
+        tasks = _wait(client, side, ids, timeout, progress)
+        return _summary(conn, tasks)
 
 
 if __name__ == "__main__":
