@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from core_helpers import make_role, query, scalar
+
 from pg_background_queue.cli import main
 from pg_background_queue.testing.cluster import conninfo, poll_until
 
@@ -65,7 +65,9 @@ def test_help_lists_every_command() -> None:
         assert re.search(rf"^\s+{command}\s", done.stdout, re.M), command
     assert "exit status" in done.stdout
     sub = pgbq("enqueue", "--help")
-    assert "--topic" in sub.stdout and "--at" in sub.stdout and "--wait" in sub.stdout
+    assert "--topic" in sub.stdout
+    assert "--at" in sub.stdout
+    assert "--wait" in sub.stdout
 
 
 def test_enqueue_wait_and_tasks(capsys: pytest.CaptureFixture[str], dsn: str) -> None:
@@ -75,7 +77,8 @@ def test_enqueue_wait_and_tasks(capsys: pytest.CaptureFixture[str], dsn: str) ->
     task_id = int(lines[0])
     assert re.search(rf"^\s*{task_id}\s+etl\s+cli_user\s+finished\s+1\s", out, re.M)
     code, out, _ = run(capsys, "--dsn", dsn, "tasks", "--topic", "etl", "--state", "finished")
-    assert code == 0 and re.search(rf"^\s*{task_id}\s+etl", out, re.M)
+    assert code == 0
+    assert re.search(rf"^\s*{task_id}\s+etl", out, re.M)
 
 
 def test_enqueue_from_stdin_with_options(dsn: str, node: Any) -> None:
@@ -102,13 +105,15 @@ def test_failed_task_exit_status_and_retry(capsys: pytest.CaptureFixture[str], d
     code, out, _ = run(capsys, "--dsn", dsn, "enqueue", "SELECT 1/0", "--wait")
     assert code == 4
     task_id = int(out.splitlines()[0])
-    assert "failed" in out and "division by zero" in out
+    assert "failed" in out
+    assert "division by zero" in out
     code, out, _ = run(capsys, "--dsn", dsn, "retry", str(task_id))
     assert (code, out.strip()) == (0, f"task {task_id}: queued again")
     code, out, _ = run(capsys, "--dsn", dsn, "wait", str(task_id), "--timeout", "30")
     assert code == 4
     code, _, err = run(capsys, "--dsn", dsn, "cancel", str(task_id))
-    assert code == 1 and f"task {task_id} was not cancelled: it is failed" in err
+    assert code == 1
+    assert f"task {task_id} was not cancelled: it is failed" in err
 
 
 def test_wait_progress_timeout_and_cancel(capsys: pytest.CaptureFixture[str], dsn: str) -> None:
@@ -121,7 +126,8 @@ def test_wait_progress_timeout_and_cancel(capsys: pytest.CaptureFixture[str], ds
     code, out, _ = run(capsys, "--dsn", dsn, "cancel", str(slow))
     assert (code, out.strip()) == (0, f"task {slow}: cancelled")
     code, out, _ = run(capsys, "--dsn", dsn, "wait", str(slow))
-    assert code == 4 and "cancelled" in out
+    assert code == 4
+    assert "cancelled" in out
 
 
 def test_status_workers_topics(capsys: pytest.CaptureFixture[str], dsn: str) -> None:
@@ -132,9 +138,11 @@ def test_status_workers_topics(capsys: pytest.CaptureFixture[str], dsn: str) -> 
     assert re.search(r"^etl\s+\d+", out, re.M)
     assert re.search(r"^workers: \d+ live, \d+ running a task$", out, re.M)
     code, out, _ = run(capsys, "--dsn", dsn, "workers")
-    assert code == 0 and re.search(r"^\s*\d+\s+postgres\s+cli_user\s", out, re.M)
+    assert code == 0
+    assert re.search(r"^\s*\d+\s+postgres\s+cli_user\s", out, re.M)
     code, out, _ = run(capsys, "--dsn", dsn, "topics")
-    assert code == 0 and re.search(r"^etl\s+yes\s+\d+\s+5\s+1\s", out, re.M)
+    assert code == 0
+    assert re.search(r"^etl\s+yes\s+\d+\s+5\s+1\s", out, re.M)
 
 
 def test_purge(capsys: pytest.CaptureFixture[str], node: Any) -> None:
@@ -158,7 +166,9 @@ def test_metrics_text_format(capsys: pytest.CaptureFixture[str], dsn: str) -> No
         "pgbq_task_run_seconds", "pgbq_workers", "pgbq_oldest_pending_age_seconds",
     ):  # fmt: skip
         assert f"# TYPE {family} " in out
-    assert re.search(r'^pgbq_tasks_completed_total\{topic="etl",state="finished"\} [1-9]', out, re.M)
+    assert re.search(
+        r'^pgbq_tasks_completed_total\{topic="etl",state="finished"\} [1-9]', out, re.M
+    )
     assert re.search(r'^pgbq_task_run_seconds_count\{topic="etl"\} [1-9]', out, re.M)
     assert re.search(r'^pgbq_task_run_seconds\{topic="etl",quantile="0.95"\} ', out, re.M)
 
@@ -211,12 +221,14 @@ def test_errors_are_one_line(dsn: str, argv: list[str], message: str) -> None:
 
 def test_connection_and_install_errors(node: Any) -> None:
     done = pgbq("status", PGHOST="127.0.0.1", PGPORT="1", PGCONNECT_TIMEOUT="2")
-    assert done.returncode == 1 and done.stderr.startswith("pgbq: error: connection")
+    assert done.returncode == 1
+    assert done.stderr.startswith("pgbq: error: connection")
     assert len(done.stderr.strip().splitlines()) == 1
     query(node, "CREATE DATABASE cli_noext")
     done = pgbq("--dsn", conninfo(node, dbname="cli_noext"), "tasks")
     assert done.returncode == 1
-    assert "shared_preload_libraries" in done.stderr and "CREATE EXTENSION" in done.stderr
+    assert "shared_preload_libraries" in done.stderr
+    assert "CREATE EXTENSION" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -224,7 +236,8 @@ def test_usage_errors_exit_2() -> None:
     for argv in (["enqueue", "SELECT 1", "--at", "next tuesday"], ["wait", "x"], ["nope"]):
         done = pgbq(*argv)
         assert done.returncode == 2, argv
-        assert "usage: pgbq" in done.stderr and "Traceback" not in done.stderr
+        assert "usage: pgbq" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_demo_on_a_throwaway_cluster() -> None:

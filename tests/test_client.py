@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from core_helpers import make_role, query
+
 from pg_background_queue import (
     Client,
     DatabaseError,
@@ -64,17 +64,21 @@ def test_enqueue_wait_get(client: Client) -> None:
     [task] = client.wait([task_id], timeout=30)
     assert isinstance(task, Task)
     assert task.id == task_id
-    assert task.state is TaskState.FINISHED and task.done
+    assert task.state is TaskState.FINISHED
+    assert task.done
     assert (task.topic, task.priority, task.owner, task.attempts) == ("t1", 7, "postgres", 1)
-    assert task.run_time is not None and task.run_time >= timedelta(0)
-    assert task.error_history == () and task.errors is None
+    assert task.run_time is not None
+    assert task.run_time >= timedelta(0)
+    assert task.error_history == ()
+    assert task.errors is None
     assert client.get(task_id) == task
 
 
 def test_enqueue_many_one_round_trip_in_order(client: Client) -> None:
     sqls = [f"INSERT INTO hits (tag) VALUES ('many-{i}')" for i in range(50)]
     ids = client.enqueue_many(sqls, topic="bulk")
-    assert len(ids) == 50 and ids == sorted(ids)
+    assert len(ids) == 50
+    assert ids == sorted(ids)
     tasks = client.wait(ids, timeout=60)
     assert [t.id for t in tasks] == ids
     assert [t.sql_statement for t in tasks] == sqls
@@ -93,21 +97,26 @@ def test_failed_task_parsed_and_retry(client: Client) -> None:
     task_id = client.enqueue("SELECT 1/0", topic="flaky")
     [task] = client.wait([task_id], timeout=30)
     assert task.state is TaskState.FAILED
-    assert task.attempts == 2 and task.retry_count == 1
+    assert task.attempts == 2
+    assert task.retry_count == 1
     assert [(e.attempt, e.sqlstate) for e in task.error_history] == [(1, "22012"), (2, "22012")]
     assert task.errors == "division by zero"
     assert client.retry(task_id) is True
     [again] = client.wait([task_id], timeout=30)
     assert again.state is TaskState.FAILED  # ran again, with a fresh retry budget
-    assert again.closed_at is not None and task.closed_at is not None
-    assert again.closed_at > task.closed_at and again.attempts == 2
+    assert again.closed_at is not None
+    assert task.closed_at is not None
+    assert again.closed_at > task.closed_at
+    assert again.attempts == 2
     assert client.retry(client.enqueue("SELECT 1", run_at=timedelta(hours=1))) is False
 
 
 def test_run_at_datetime_and_delay(client: Client) -> None:
     at = datetime(2999, 1, 1, tzinfo=UTC)
     later = client.get(client.enqueue("SELECT 1", run_at=at))
-    assert later.run_at == at and later.next_run_at == at and later.state is TaskState.PENDING
+    assert later.run_at == at
+    assert later.next_run_at == at
+    assert later.state is TaskState.PENDING
     soon = client.get(client.enqueue("SELECT 1", run_at=timedelta(minutes=10)))
     assert soon.run_at is not None
     assert timedelta(minutes=9) < soon.run_at - soon.joined_at < timedelta(minutes=11)
@@ -156,8 +165,10 @@ def test_stats_workers_topics(client: Client) -> None:
     client.wait(ids, timeout=30)
     stats = {(s.topic, s.state): s for s in client.stats()}
     s = stats[("statted", TaskState.FINISHED)]
-    assert s.tasks == 4 and s.attempts == 4
-    assert s.p50_run_seconds is not None and s.p95_run_seconds is not None
+    assert s.tasks == 4
+    assert s.attempts == 4
+    assert s.p50_run_seconds is not None
+    assert s.p95_run_seconds is not None
     assert 0.01 <= s.p50_run_seconds <= s.p95_run_seconds <= (s.max_run_seconds or 0)
     pending = client.enqueue("SELECT 1", topic="statted", run_at=timedelta(hours=1))
     stats = {(s.topic, s.state): s for s in client.stats()}
@@ -165,9 +176,11 @@ def test_stats_workers_topics(client: Client) -> None:
     assert stats[("statted", TaskState.PENDING)].p50_run_seconds is None
     client.cancel(pending)
     workers = client.workers()
-    assert workers and all(w.database == "postgres" for w in workers)
+    assert workers
+    assert all(w.database == "postgres" for w in workers)
     topics = {t.topic: t for t in client.topics()}
-    assert topics["flaky"].configured and topics["flaky"].retry_count == 1
+    assert topics["flaky"].configured
+    assert topics["flaky"].retry_count == 1
     assert topics[None].max_parallel_running_tasks_count == 4
     totals = {(t.topic, t.state): t for t in client.totals()}
     assert totals[("statted", TaskState.FINISHED)].tasks == 4
@@ -236,7 +249,7 @@ def test_not_installed(roles: Any) -> None:
 
 
 def test_connection_error_is_clear() -> None:
-    with pytest.raises(DatabaseError, match="127.0.0.1"):
+    with pytest.raises(DatabaseError, match=r"127\.0\.0\.1"):
         Client("host=127.0.0.1 port=1 connect_timeout=2")
 
 
