@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
+import psycopg
 from tqdm import tqdm
 
 from pg_background_queue import metrics
@@ -21,6 +22,7 @@ from pg_background_queue._table import duration, render
 from pg_background_queue.client import Client
 from pg_background_queue.errors import PgbqError, WaitTimeout
 from pg_background_queue.models import Task, TaskState
+from pg_background_queue.testing.cluster import PollTimeout
 
 EXIT_ERROR, EXIT_TIMEOUT, EXIT_TASK_FAILED = 1, 3, 4
 
@@ -32,6 +34,7 @@ EXAMPLES = """examples:
   pgbq tasks --state failed --topic etl       what failed, and why
   pgbq wait 41 42 43 --timeout 600            block until they are done
   pgbq metrics --listen :9187                 Prometheus endpoint
+  pgbq bench --output /tmp/bench              benchmark suite (BENCHMARKS.md, bench.png)
 
 exit status: 0 ok, 1 error, 2 usage, 3 timeout, 4 a task failed or was cancelled
 """
@@ -323,7 +326,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a mixed workload and print what happened.",
     )
     p.add_argument("--timeout", type=_positive, default=120.0, help="seconds to wait for tasks")
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark suite on a throwaway cluster (writes BENCHMARKS.md, bench.png)",
+        description="Measure throughput, latency, enqueue rate, backlog scaling, memory and "
+        "PgQueuer on one throwaway cluster; every figure next to a same-run baseline.",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--output", default=".", metavar="DIR", help="where to write the report")
+    p.add_argument("--no-competitor", action="store_true", help="skip PgQueuer")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pg_background_queue import bench
+
+    if args.dsn:
+        raise ValueError("bench makes its own throwaway cluster: --dsn is not used")
+    sizes = bench.Sizes.quick() if args.quick else bench.Sizes()
+    out = Path(args.output)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    bench.run(sizes, out, progress=progress, competitor=not args.no_competitor)
+    print((out / "BENCHMARKS.md").read_text())
+    return 0
 
 
 def _fail(kind: str, exc: BaseException) -> None:
@@ -340,12 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pg_background_queue import demo
 
             return demo.run(args.dsn, timeout=args.timeout, progress=args.progress)
+        if args.command == "bench":
+            return _bench(args)
         with Client(args.dsn or "", schema=args.schema) as client:
             return COMMANDS[args.command](client, args)
     except WaitTimeout as exc:
         _fail("timeout", exc)
         return EXIT_TIMEOUT
-    except (PgbqError, OSError, ValueError) as exc:
+    except (PgbqError, OSError, ValueError, RuntimeError, PollTimeout, psycopg.Error) as exc:
         _fail("error", exc)
         return EXIT_ERROR
     except KeyboardInterrupt:
