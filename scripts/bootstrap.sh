@@ -71,10 +71,10 @@ if [[ ${VENV} -eq 1 ]]; then
 	pip=("${PGBQ_VENV}/bin/python" -m pip install -q)
 	if [[ ${PGBQ_EDITABLE:-0} == 1 ]]; then
 		log "installing ${REPO}/python (editable) into ${PGBQ_VENV}"
-		"${pip[@]}" -e "${REPO}/python[test,dev]"
+		"${pip[@]}" -e "${REPO}/python[test,dev,bench]"
 	else
 		log "installing ${SRC}/python into ${PGBQ_VENV}"
-		"${pip[@]}" "${SRC}/python[test,dev]"
+		"${pip[@]}" "${SRC}/python[test,dev,bench]"
 		# same version number, new code: always replace the package itself
 		"${pip[@]}" --no-deps --force-reinstall "${SRC}/python"
 	fi
