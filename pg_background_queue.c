@@ -2,7 +2,7 @@
  *
  * pg_background_queue.c
  *	  Module entry point: GUCs, shared memory hooks, the launcher's
- *	  registration and the utility hook.
+ *	  registration, the utility hook and the reaction to DROP EXTENSION.
  *
  * The rest of the code lives in src/, one file per concern:
  *	guc.c		parameters and topic_config
@@ -19,11 +19,16 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
 
@@ -36,6 +41,20 @@ void		_PG_init(void);
 
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+static object_access_hook_type prev_object_access_hook = NULL;
+
+/*
+ * DROP EXTENSION in the current transaction: whether it happened, at which
+ * subtransaction nesting level, whether the extension exists again at
+ * commit (dropped and created in one transaction), and the database name
+ * for the log (looked up while a transaction is still open).
+ */
+static bool pgbq_drop_pending = false;
+static int	pgbq_drop_nest_level = 0;
+static bool pgbq_drop_recreated = false;
+static char pgbq_drop_dbname[NAMEDATALEN];
+static bool pgbq_drop_callbacks_registered = false;
+static bool pgbq_drop_nudged = false;	/* workers asked to leave before it */
 
 #ifdef PGBQ_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -66,9 +85,182 @@ pgbq_shmem_startup(void)
 }
 
 /*
+ * pgbq_drop_xact_callback
+ *		When a transaction that dropped the extension commits, ask this
+ *		database's workers to exit (a running task is interrupted and its
+ *		effects rolled back: its row is gone with the table) and forget the
+ *		database's demand, so the launcher starts no new worker for it.
+ */
+static void
+pgbq_drop_xact_callback(XactEvent event, void *arg)
+{
+	int			nworkers;
+
+	(void) arg;
+	if (pgbq_drop_nudged &&
+		(event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		 event == XACT_EVENT_PREPARE ||
+		 (event == XACT_EVENT_COMMIT && !pgbq_drop_pending)))
+	{
+		/* the drop did not happen: let maintenance restore the demand */
+		pgbq_drop_nudged = false;
+		pgbq_request_maintenance(MyDatabaseId);
+	}
+	if (!pgbq_drop_pending)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			{
+				char	   *dbname = get_database_name(MyDatabaseId);
+
+				strlcpy(pgbq_drop_dbname, dbname ? dbname : "?",
+						sizeof(pgbq_drop_dbname));
+				pgbq_drop_recreated =
+					OidIsValid(get_extension_oid(PGBQ_EXTENSION_NAME, true));
+			}
+			break;
+		case XACT_EVENT_COMMIT:
+			pgbq_drop_pending = false;
+			pgbq_drop_nudged = false;
+			nworkers = pgbq_request_database_exit(MyDatabaseId, true);
+			ereport(LOG,
+					(errmsg("pg_background_queue: extension dropped in database \"%s\"; asked %d worker(s) of that database to exit",
+							pgbq_drop_dbname, nworkers),
+					 errdetail("Running tasks are interrupted and their effects rolled back; queued tasks were dropped with the table.")));
+			/* created again in the same transaction: rebuild its demand */
+			if (pgbq_drop_recreated)
+				pgbq_request_maintenance(MyDatabaseId);
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* a prepared drop is noticed by each worker on its own */
+			pgbq_drop_pending = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * pgbq_drop_subxact_callback
+ *		Forget a drop undone by ROLLBACK TO SAVEPOINT; a released savepoint
+ *		hands the drop to its parent.
+ */
+static void
+pgbq_drop_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						   SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	(void) mySubid;
+	(void) parentSubid;
+	(void) arg;
+	if (!pgbq_drop_pending || level > pgbq_drop_nest_level)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		pgbq_drop_pending = false;
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		pgbq_drop_nest_level = level - 1;
+}
+
+/*
+ * pgbq_register_drop_callbacks
+ *		Register the transaction callbacks above, once per backend.
+ */
+static void
+pgbq_register_drop_callbacks(void)
+{
+	if (pgbq_drop_callbacks_registered)
+		return;
+	RegisterXactCallback(pgbq_drop_xact_callback, NULL);
+	RegisterSubXactCallback(pgbq_drop_subxact_callback, NULL);
+	pgbq_drop_callbacks_registered = true;
+}
+
+/*
+ * pgbq_object_access
+ *		Notice DROP EXTENSION pg_background_queue, however it is reached
+ *		(DROP EXTENSION, DROP SCHEMA ... CASCADE, DROP OWNED), and act on it
+ *		at commit.
+ */
+static void
+pgbq_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+				   int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access != OAT_DROP || classId != ExtensionRelationId ||
+		pgbq_shared == NULL ||
+		objectId != get_extension_oid(PGBQ_EXTENSION_NAME, true))
+		return;
+	pgbq_register_drop_callbacks();
+	if (!pgbq_drop_pending)
+	{
+		pgbq_drop_pending = true;
+		pgbq_drop_nest_level = GetCurrentTransactionNestLevel();
+	}
+}
+
+/*
+ * pgbq_drop_names_us
+ *		Does this DROP EXTENSION name pg_background_queue?
+ */
+static bool
+pgbq_drop_names_us(DropStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (stmt->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, stmt->objects)
+	{
+		if (IsA(lfirst(lc), String) &&
+			strcmp(strVal(lfirst(lc)), PGBQ_EXTENSION_NAME) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * pgbq_make_way_for_drop
+ *		Before DROP EXTENSION pg_background_queue: if something holds a lock
+ *		on the task table (typically a running task that enqueued work in
+ *		its own transaction), the drop would wait for it to finish.  Ask the
+ *		database's workers to leave instead: their tasks are interrupted and
+ *		given back, and their locks released.  Should the drop fail, a
+ *		maintenance pass brings the workers back (see the xact callback).
+ */
+static void
+pgbq_make_way_for_drop(void)
+{
+	PgbqCatalog cat;
+	int			nworkers;
+
+	if (!pgbq_catalog_lookup(&cat, true))
+		return;
+	if (ConditionalLockRelationOid(cat.table_oid, AccessExclusiveLock))
+	{
+		/* nothing in the way; the drop takes the lock itself */
+		UnlockRelationOid(cat.table_oid, AccessExclusiveLock);
+		return;
+	}
+	pgbq_register_drop_callbacks();
+	pgbq_drop_nudged = true;
+	nworkers = pgbq_request_database_exit(MyDatabaseId, false);
+	ereport(LOG,
+			(errmsg("pg_background_queue: DROP EXTENSION waits for a lock on the task table; asked %d worker(s) of database \"%s\" to exit",
+					nworkers, get_database_name(MyDatabaseId))));
+}
+
+/*
  * pgbq_process_utility
  *		Before DROP DATABASE, ask our workers connected to it to leave, so
  *		that the drop does not fail with "being accessed by other users".
+ *		Before DROP EXTENSION pg_background_queue, make sure no worker's
+ *		lock keeps it waiting.
  */
 static void
 pgbq_process_utility(PGBQ_UTILITY_HOOK_ARGS)
@@ -80,8 +272,12 @@ pgbq_process_utility(PGBQ_UTILITY_HOOK_ARGS)
 		Oid			dboid = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
 
 		if (OidIsValid(dboid))
-			pgbq_request_database_exit(dboid);
+			(void) pgbq_request_database_exit(dboid, true);
 	}
+	else if (pgbq_shared != NULL && parsetree != NULL &&
+			 IsA(parsetree, DropStmt) &&
+			 pgbq_drop_names_us((DropStmt *) parsetree))
+		pgbq_make_way_for_drop();
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(PGBQ_UTILITY_HOOK_PASS);
 	else
@@ -111,6 +307,8 @@ _PG_init(void)
 	shmem_startup_hook = pgbq_shmem_startup;
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = pgbq_process_utility;
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = pgbq_object_access;
 
 	pgbq_register_launcher();
 }

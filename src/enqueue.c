@@ -75,7 +75,8 @@ pgbq_check_preloaded(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("pg_background_queue must be loaded via shared_preload_libraries"),
-				 errhint("Add pg_background_queue to shared_preload_libraries in postgresql.conf and restart the server.")));
+				 errhint("Add shared_preload_libraries = 'pg_background_queue' to postgresql.conf "
+						 "(or append pg_background_queue to the list already there) and restart the server.")));
 }
 
 /*

@@ -173,7 +173,7 @@ extern void pgbq_request_maintenance(Oid dboid);
 extern void pgbq_wake_launcher(void);
 extern int	pgbq_live_task_workers(bool calibrate);
 extern bool pgbq_signal_cancel(int64 task_id, Oid dboid);
-extern void pgbq_request_database_exit(Oid dboid);
+extern int	pgbq_request_database_exit(Oid dboid, bool forget);
 
 /* ---------------------------------------------------------------------
  * Catalog helpers (catalog.c)

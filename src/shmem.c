@@ -490,12 +490,16 @@ pgbq_signal_cancel(int64 task_id, Oid dboid)
 
 /*
  * pgbq_request_database_exit
- *		Ask every worker connected to a database to exit (DROP DATABASE).
+ *		Ask every worker connected to a database to exit (DROP DATABASE,
+ *		DROP EXTENSION) without handing over delayed work.  With forget, also
+ *		drop the database's demand and entry, so the launcher starts nothing
+ *		more there.  Returns the number of workers asked.
  */
-void
-pgbq_request_database_exit(Oid dboid)
+int
+pgbq_request_database_exit(Oid dboid, bool forget)
 {
 	int			i;
+	int			n = 0;
 
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < pgbq_shared->nslots; i++)
@@ -505,19 +509,22 @@ pgbq_request_database_exit(Oid dboid)
 		if (s->state != PGBQ_SLOT_FREE && s->dboid == dboid)
 		{
 			s->exit_requested = true;
+			s->wake_at = 0;
 			if (s->pid > 0)
 				kill(s->pid, SIGTERM);
+			n++;
 		}
 	}
-	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
+	for (i = 0; forget && i < PGBQ_MAX_DEMANDS; i++)
 	{
 		if (pgbq_shared->demands[i].in_use && pgbq_shared->demands[i].dboid == dboid)
 			pgbq_shared->demands[i].in_use = false;
 	}
-	for (i = 0; i < PGBQ_MAX_DATABASES; i++)
+	for (i = 0; forget && i < PGBQ_MAX_DATABASES; i++)
 	{
 		if (pgbq_shared->databases[i].in_use && pgbq_shared->databases[i].dboid == dboid)
 			pgbq_shared->databases[i].in_use = false;
 	}
 	LWLockRelease(pgbq_shared->lock);
+	return n;
 }

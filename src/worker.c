@@ -21,6 +21,14 @@
  * ends the task as cancelled, timeout as a failed attempt (SQLSTATE 57014),
  * shutdown gives the task back without burning the attempt.
  *
+ * DROP EXTENSION asks the database's workers to exit when it commits.  A
+ * worker then abandons its task: the task's transaction rolls back and its
+ * row went with the table, so nothing is written anywhere.  Every write
+ * about a claimed task first checks that the task table is still the one
+ * the task was claimed from (the extension may have been created again),
+ * and finish and give-back only touch the row while it is running in this
+ * process.
+ *
  * Between tasks the worker resets its session (GUCs, role, prepared
  * statements, cursors, advisory locks, temp tables), so nothing a task
  * does carries into the next one.
@@ -38,11 +46,13 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -59,11 +69,14 @@ typedef struct PgbqTask
 	char	   *sql;
 	char	   *topic;			/* NULL: default topic */
 	char		prev_state[16];
+	Oid			table_oid;		/* the task table it was claimed from */
 } PgbqTask;
 
 static int	pgbq_slotno = -1;
 static bool pgbq_connected = false;
 static bool pgbq_first_claim = true;
+static bool pgbq_extension_dropped = false;	/* while we held a task */
+static char pgbq_dbname[NAMEDATALEN];
 static MemoryContext pgbq_worker_ctx = NULL;
 static MemoryContext pgbq_task_ctx = NULL;
 static PgbqCatalog pgbq_cat;
@@ -210,10 +223,10 @@ pgbq_prepare(const char *sql, int nargs, Oid *types)
 /*
  * pgbq_worker_plans
  *		Make sure the catalog lookup and prepared statements match the
- *		installed extension; returns false if it is gone.  Runs inside a
- *		transaction and an SPI connection.  Plans are prepared as the table
- *		owner, the user they always run as, so they are never replanned for
- *		a change of user.
+ *		installed extension, and lock its task table; returns false if it is
+ *		gone.  Runs inside a transaction and an SPI connection.  Plans are
+ *		prepared as the table owner, the user they always run as, so they
+ *		are never replanned for a change of user.
  */
 static bool
 pgbq_worker_plans(void)
@@ -222,25 +235,39 @@ pgbq_worker_plans(void)
 	MemoryContext old;
 	Oid			claim_types[3] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID};
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
-	Oid			finish_types[2] = {INT8OID, TIMESTAMPTZOID};
+	Oid			finish_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			next_types[1] = {OIDOID};
 	const char *t;
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
 
-	if (OidIsValid(pgbq_cat.table_oid) &&
-		SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)))
-		return true;
-
-	old = MemoryContextSwitchTo(pgbq_worker_ctx);
-	if (!pgbq_catalog_lookup(&cat, true))
+	/*
+	 * Lock the table by OID before using it by name, then check that it
+	 * still exists: a DROP EXTENSION that commits while we wait for the lock
+	 * must not send us to another table of the same name.
+	 */
+	if (OidIsValid(pgbq_cat.table_oid))
 	{
+		LockRelationOid(pgbq_cat.table_oid, RowShareLock);
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)))
+			return true;
+	}
+
+	for (;;)
+	{
+		bool		found;
+
+		old = MemoryContextSwitchTo(pgbq_worker_ctx);
+		found = pgbq_catalog_lookup(&cat, true);
 		MemoryContextSwitchTo(old);
-		return false;
+		if (!found)
+			return false;
+		LockRelationOid(cat.table_oid, RowShareLock);
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(cat.table_oid)))
+			break;
 	}
 	pgbq_cat = cat;
-	MemoryContextSwitchTo(old);
 
 	if (pgbq_claim_plan)
 	{
@@ -264,14 +291,47 @@ pgbq_worker_plans(void)
 										  3, mark_types);
 	pgbq_finish_plan = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
 											 "worker_pid = NULL "
-											 "WHERE id = $1 AND state = 'running'", t),
-									2, finish_types);
+											 "WHERE id = $1 AND state = 'running' "
+											 "AND worker_pid = $3", t),
+									3, finish_types);
 	pgbq_next_eligible_plan = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
 													"WHERE owner = $1 "
 													"AND state IN ('pending', 'retrying')", t),
 										   1, next_types);
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	return true;
+}
+
+/*
+ * pgbq_task_table_alive
+ *		Inside a transaction and an SPI connection: is the table the task was
+ *		claimed from still the extension's task table?  After DROP EXTENSION
+ *		it is not, even once the extension has been created again (the
+ *		task's id means nothing in the new table); then remember that the
+ *		worker must leave.
+ */
+static bool
+pgbq_task_table_alive(PgbqTask *task)
+{
+	AcceptInvalidationMessages();
+	if (pgbq_worker_plans() && pgbq_cat.table_oid == task->table_oid)
+		return true;
+	pgbq_extension_dropped = true;
+	return false;
+}
+
+/*
+ * pgbq_log_abandoned
+ *		Say in the log that a task was abandoned because the extension was
+ *		dropped while this worker held it.
+ */
+static void
+pgbq_log_abandoned(PgbqTask *task, bool started)
+{
+	ereport(LOG,
+			(errmsg("pg_background_queue: extension was dropped in database \"%s\" while task " INT64_FORMAT " was %s; worker exiting",
+					pgbq_dbname, task->id, started ? "running" : "claimed"),
+			 started ? errdetail("The task's effects were rolled back.") : 0));
 }
 
 /*
@@ -354,6 +414,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 									 SPI_tuptable->tupdesc, 1);
 			task->topic = topic ? pstrdup(topic) : NULL;
 			strlcpy(task->prev_state, prev_state, sizeof(task->prev_state));
+			task->table_oid = pgbq_cat.table_oid;
 			MemoryContextSwitchTo(old);
 			return task;
 		}
@@ -502,8 +563,9 @@ pgbq_give_back(PgbqTask *task)
 		elog(ERROR, "SPI_connect failed");
 	sql = psprintf("UPDATE %s SET state = CAST($2 AS %s.pg_background_queue_task_state), "
 				   "attempts = GREATEST(attempts - 1, 0), worker_pid = NULL "
-				   "WHERE id = $1 AND state = 'running'",
-				   pgbq_cat.qualified_table, pgbq_cat.qualified_schema);
+				   "WHERE id = $1 AND state = 'running' AND worker_pid = %d",
+				   pgbq_cat.qualified_table, pgbq_cat.qualified_schema,
+				   (int) MyProcPid);
 	args[0] = Int64GetDatum(task->id);
 	args[1] = CStringGetTextDatum(task->prev_state);
 	if (SPI_execute_with_args(sql, 2, types, args, NULL, false, 0) != SPI_OK_UPDATE)
@@ -551,12 +613,24 @@ pgbq_hand_over_wakeup(void)
 static void
 pgbq_give_back_standalone(PgbqTask *task)
 {
+	bool		alive;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	pgbq_give_back(task);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	alive = pgbq_task_table_alive(task);
+	SPI_finish();
+	PopActiveSnapshot();
+	if (alive)
+		pgbq_give_back(task);
+	else
+		pgbq_log_abandoned(task, false);
 	pgbq_release_slot_task();
 	CommitTransactionCommand();
-	pgbq_reannounce();
+	if (alive)
+		pgbq_reannounce();
 }
 
 /*
@@ -570,7 +644,7 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
-	Datum		args[2];
+	Datum		args[3];
 	int			rc;
 	PgbqTask   *next = NULL;
 	TimestampTz wait_until;
@@ -582,7 +656,7 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (!pgbq_worker_plans())
+	if (!pgbq_task_table_alive(task))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"%s\" was dropped while task " INT64_FORMAT " ran",
@@ -590,6 +664,7 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[2] = Int32GetDatum(MyProcPid);
 	rc = SPI_execute_plan(pgbq_finish_plan, args, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
 		ereport(ERROR,
@@ -650,6 +725,7 @@ pgbq_run_task(PgbqTask *task)
 		ErrorData  *edata;
 		bool		cancelled = false;
 		bool		shutdown = false;
+		bool		alive;
 		PgbqSlot   *s = &pgbq_shared->slots[pgbq_slotno];
 		const char *message;
 		char		sqlstate[6];
@@ -683,7 +759,20 @@ pgbq_run_task(PgbqTask *task)
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		if (shutdown)
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		alive = pgbq_task_table_alive(task);
+		SPI_finish();
+		PopActiveSnapshot();
+		if (!alive)
+		{
+			/* DROP EXTENSION: the row is gone, nothing to record */
+			pgbq_log_abandoned(task, true);
+			pgbq_release_slot_task();
+			shutdown = false;
+		}
+		else if (shutdown)
 		{
 			pgbq_give_back(task);
 			pgbq_release_slot_task();
@@ -694,11 +783,6 @@ pgbq_run_task(PgbqTask *task)
 			bool		blocked;
 
 			PushActiveSnapshot(GetTransactionSnapshot());
-			if (SPI_connect() != SPI_OK_CONNECT)
-				elog(ERROR, "SPI_connect failed");
-			if (!pgbq_worker_plans())
-				elog(ERROR, "extension \"%s\" is gone", PGBQ_EXTENSION_NAME);
-			SPI_finish();
 			pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
 										cancelled, sqlstate, message,
 										edata->detail);
@@ -808,11 +892,14 @@ pgbq_task_loop(void)
 		exit_requested = me->exit_requested;
 		LWLockRelease(pgbq_shared->lock);
 
+		if (pgbq_extension_dropped)
+			break;
 		if (pgbq_got_sigterm || exit_requested)
 		{
 			if (next)
 				pgbq_give_back_standalone(next);
-			pgbq_hand_over_wakeup();
+			if (!pgbq_extension_dropped)
+				pgbq_hand_over_wakeup();
 			break;
 		}
 
@@ -835,7 +922,7 @@ pgbq_task_loop(void)
 		{
 			ereport(LOG,
 					(errmsg("pg_background_queue: extension is not installed in database \"%s\"; worker exiting",
-							get_database_name(MyDatabaseId))));
+							pgbq_dbname)));
 			break;
 		}
 		if (next != NULL)
@@ -906,6 +993,17 @@ pgbq_worker_main(Datum main_arg)
 		pgbq_maintenance_run(slotno);
 		proc_exit(0);
 	}
+
+	/* for messages outside a transaction */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	{
+		char	   *dbname = get_database_name(MyDatabaseId);
+
+		strlcpy(pgbq_dbname, dbname ? dbname : "?", sizeof(pgbq_dbname));
+	}
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(pgbq_worker_ctx);
 
 	pgbq_timeout_id = RegisterTimeout(USER_TIMEOUT, pgbq_task_timeout_handler);
 	pgbq_task_loop();

@@ -12,8 +12,11 @@ def test_node_preloads_and_creates_extension(node: Any, conninfo: str) -> None:
     libraries = psql(node, "SHOW shared_preload_libraries").strip()
     assert "pg_background_queue" in [lib.strip() for lib in libraries.split(",")]
     assert query(
-        node, "SELECT extversion FROM pg_extension WHERE extname = %s", ["pg_background_queue"]
-    ) == [("1.0",)]
+        node,
+        "SELECT extversion = default_version FROM pg_extension, pg_available_extensions "
+        "WHERE extname = %s AND name = extname",
+        ["pg_background_queue"],
+    ) == [(True,)]
     with psycopg.connect(conninfo) as conn:
         assert conn.execute("SELECT count(*) FROM pg_background_tasks").fetchone() == (0,)
 
