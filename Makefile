@@ -1,6 +1,8 @@
 # pg_background_queue: PGXS build
 EXTENSION = pg_background_queue
-EXTVERSION = 1.0
+# = default_version in the control file; META.json carries it as a semantic version
+# (1.1 -> 1.1.0). make check-meta (run by CI) verifies they all agree.
+EXTVERSION = 1.1
 MODULE_big = pg_background_queue
 OBJS = \
 	pg_background_queue.o \
@@ -33,3 +35,17 @@ include $(PGXS)
 
 # every object depends on the shared headers (PGXS does not track them)
 $(OBJS): src/pgbq.h src/compat.h
+
+# PGXN distribution: make dist archives the committed tree (HEAD) as
+# pg_background_queue-<META.json version>.zip, the file PGXN takes.
+DISTVERSION = $(shell sed -n '1,/"version"/s/^ *"version": *"\([^"]*\)".*/\1/p' $(CURDIR)/META.json)
+DISTNAME = $(EXTENSION)-$(DISTVERSION)
+EXTRA_CLEAN += $(DISTNAME).zip
+
+.PHONY: dist check-meta
+check-meta:
+	python3 $(CURDIR)/scripts/check_meta.py
+
+dist: check-meta
+	git archive --format zip --prefix=$(DISTNAME)/ -o $(DISTNAME).zip HEAD
+	python3 $(CURDIR)/scripts/check_meta.py --zip $(DISTNAME).zip
