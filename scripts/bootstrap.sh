@@ -9,7 +9,8 @@
 #    DIR when given (it must be a disposable copy), otherwise in a fresh copy of the source
 #    tree under /var/tmp/pgbq-build, so the working tree is never written to.
 # 3. Creates (or updates) the virtualenv ${PGBQ_VENV:-/opt/pg_background_queue/venv} from
-#    Debian's /usr/bin/python3 and installs the Python package with its test and dev extras.
+#    Debian's /usr/bin/python3 and installs the Python package with its test and dev extras,
+#    and pgxnclient (the `pgxn` command; scripts/test.sh runs pgxn install and pgxn check).
 #    The venv is world-readable so the postgres user can run pytest and pgbq from it.
 #    PGBQ_EDITABLE=1 installs the package editable from this checkout instead (then the
 #    postgres user must be able to read the checkout).
@@ -69,6 +70,7 @@ if [[ ${VENV} -eq 1 ]]; then
 		"${PGBQ_VENV}/bin/python" -m pip install -q --upgrade pip
 	fi
 	pip=("${PGBQ_VENV}/bin/python" -m pip install -q)
+	"${PGBQ_VENV}/bin/pgxn" --version >/dev/null 2>&1 || "${pip[@]}" pgxnclient
 	if [[ ${PGBQ_EDITABLE:-0} == 1 ]]; then
 		log "installing ${REPO}/python (editable) into ${PGBQ_VENV}"
 		"${pip[@]}" -e "${REPO}/python[test,dev,bench]"

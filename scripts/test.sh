@@ -6,8 +6,12 @@
 # 1. scripts/bootstrap.sh on a fresh copy of the source tree (packages, PGXS build with
 #    -Werror, make install, virtualenv).
 # 2. With --meson or CI=true: compile check with meson in a separate build directory.
-# 3. As the postgres OS user, in that copy: make installcheck (pg_regress and the isolation
-#    specs, each on its own temporary cluster with the library preloaded), then pytest tests/.
+# 3. Distribution: META.json and every version number agree (scripts/check_meta.py); in a git
+#    checkout, make dist (a zip of HEAD, written to the copy) and check the archive; as root,
+#    `pgxn install ./` in the copy (PGXN's client builds and installs the extension).
+# 4. As the postgres OS user, in that copy: make installcheck (pg_regress and the isolation
+#    specs, each on its own temporary cluster with the library preloaded), the same suites
+#    through `pgxn check ./`, then pytest tests/.
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any failed.
 # The copy is removed afterwards unless --keep is given or a stage failed.
 set -euo pipefail
@@ -83,6 +87,43 @@ installcheck() {
 	return 1
 }
 
+check_meta() {
+	(cd "${SRC}" && /usr/bin/python3 scripts/check_meta.py)
+}
+
+# make dist in the copy, archiving HEAD of the checkout (the copy has no .git)
+make_dist() {
+	local gitdir
+	if ! gitdir=$(git -c safe.directory='*' -C "${REPO}" rev-parse --absolute-git-dir 2>/dev/null); then
+		log "not a git checkout: dist skipped"
+		return 0
+	fi
+	GIT_DIR=${gitdir} GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*' \
+		make -s -C "${SRC}" dist PG_CONFIG="${PG_CONFIG}"
+}
+
+# PGXN's client, as root: builds in the copy (already built: mostly a no-op) and installs
+pgxn_install() {
+	local rc=0
+	(cd "${SRC}" && "${PGBQ_VENV}/bin/pgxn" install --yes --pg_config "${PG_CONFIG}" --make make ./) \
+		>"${WORK}/pgxn-install.log" 2>&1 || rc=$?
+	chown -R postgres: "${SRC}"
+	[[ ${rc} -eq 0 ]] || tail -n 40 "${WORK}/pgxn-install.log" >&2
+	return "${rc}"
+}
+
+# PGXN's client runs make installcheck; PostgreSQL refuses root, so as postgres
+pgxn_check() {
+	pg pgxn check --yes --pg_config "${PG_CONFIG}" --make make ./ >"${WORK}/pgxn-check.log" 2>&1 &&
+		return 0
+	grep -v -e '^ALTER DATABASE' -e '^CREATE' -e '^DROP' "${WORK}/pgxn-check.log" | tail -n 40 >&2
+	local f
+	for f in "${SRC}/regression.diffs" "${SRC}/output_iso/regression.diffs"; do
+		[[ -f ${f} ]] && { printf '===== %s =====\n' "${f}" >&2; cat "${f}" >&2; }
+	done
+	return 1
+}
+
 run_pytest() {
 	local rc=0
 	pg "${PGBQ_VENV}/bin/pytest" -q tests/ || rc=$?
@@ -93,7 +134,11 @@ run_pytest() {
 }
 
 [[ ${MESON} -eq 1 ]] && stage meson meson_build
+stage meta check_meta
+stage dist make_dist
+stage pgxn-install pgxn_install
 stage installcheck installcheck
+stage pgxn-check pgxn_check
 stage pytest run_pytest
 
 if [[ ${#failed[@]} -gt 0 ]]; then
