@@ -95,18 +95,43 @@ def test_immediate_shutdown_counts_the_attempt(node: Any) -> None:
 
 
 def test_clean_shutdown_burns_no_attempt(node: Any) -> None:
-    t, _ = start_long_task(node)
-    query(node, "CREATE TABLE go ()")  # the sleeping attempt will not notice
+    # Long tasks on four workers (each inserts its own value), and queued work behind a
+    # held topic; a fast shutdown must interrupt them (pg_ctl gives up after 60 s, the
+    # attempts would sleep 120 s) and give every one back without burning an attempt.
+    long_ids = [
+        enqueue(node, LONG_TASK.replace("VALUES (1)", f"VALUES ({i})"), "crashy") for i in range(4)
+    ]
+    held = [enqueue(node, "INSERT INTO effects VALUES (-1)", "held") for _ in range(3)]
+    running = poll_until(
+        lambda: (
+            len(rows := [task(node, t) for t in long_ids]) == 4
+            and all(r["state"] == "running" for r in rows)
+            and rows
+        ),
+        timeout=20,
+        message="four long tasks running",
+    )
+    assert len({r["worker_pid"] for r in running}) == 4, "one task per worker"
+    before = {r["id"]: r["attempts"] for r in running}
+    assert set(before.values()) == {1}
+    query(node, "CREATE TABLE go ()")  # the sleeping attempts will not notice
     node.stop(["-m", "fast"])
     node.start()
-    row = poll_until(
-        survive(lambda: (r := task(node, t))["state"] == "finished" and r),
-        timeout=60,
-        message="task did not run after restart",
-    )
-    assert row["attempts"] == 1
-    assert row["error_history"] == []
-    assert scalar(node, "SELECT count(*) FROM effects") == 1
+
+    def all_finished() -> list[dict[str, Any]] | None:
+        rows = [task(node, t) for t in long_ids]
+        return rows if all(r["state"] == "finished" for r in rows) else None
+
+    rows = poll_until(survive(all_finished), timeout=60, message="tasks ran after restart")
+    for row in rows:
+        # given back (attempts - 1), then the re-run counted: the same 1 as before the stop
+        assert row["attempts"] == before[row["id"]]
+        assert row["error_history"] == []
+        assert row["retry_count"] == 0
+    assert sorted(r["x"] for r in query(node, "SELECT x FROM effects")) == [0, 1, 2, 3]
+    for t in held:  # queued work is still there, untouched
+        assert (task(node, t)["state"], task(node, t)["attempts"]) == ("pending", 0)
+    assert scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE state = 'running'") == 0
 
 
 def test_launcher_comes_back_after_termination(node: Any) -> None:
