@@ -33,6 +33,7 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
@@ -160,18 +161,131 @@ pgbq_state_retry_decision(int attempts, const PgbqTopicPolicy *policy,
 }
 
 /*
+ * Notifications of a task worker are sent after the commit that carries
+ * them, in a transaction of their own.  PostgreSQL serializes every
+ * committing transaction that has notifications behind one lock held
+ * through its commit record's WAL flush; sent from the task's durable
+ * commit, that lock would serialize all workers' flushes and defeat group
+ * commit.  A transaction with nothing but notifications writes no WAL and
+ * holds the lock only briefly.
+ */
+typedef struct PgbqPendingNotify
+{
+	int64		task_id;
+	char		state[16];
+} PgbqPendingNotify;
+
+static bool pgbq_notify_deferred = false;
+static PgbqPendingNotify *pgbq_pending = NULL;
+static int	pgbq_npending = 0;
+static int	pgbq_maxpending = 0;
+
+/*
+ * pgbq_send_notify
+ *		Queue one NOTIFY in the current transaction.
+ */
+static void
+pgbq_send_notify(int64 task_id, const char *state)
+{
+	char		payload[64];
+
+	snprintf(payload, sizeof(payload), INT64_FORMAT " %s", task_id, state);
+	Async_Notify(PGBQ_NOTIFY_CHANNEL, payload);
+}
+
+/*
+ * pgbq_defer_notifications
+ *		From now on this process (a task worker) holds its notifications
+ *		until pgbq_flush_notifications().
+ */
+void
+pgbq_defer_notifications(void)
+{
+	pgbq_notify_deferred = true;
+}
+
+/*
+ * pgbq_forget_notifications
+ *		The transaction that would have carried the held notifications
+ *		aborted: drop them.
+ */
+void
+pgbq_forget_notifications(void)
+{
+	pgbq_npending = 0;
+}
+
+/*
+ * pgbq_flush_notifications
+ *		After the commit that carried them, send the held notifications in a
+ *		short transaction of their own.  A failure (say, a full notification
+ *		queue because a listener stopped reading) loses them with a WARNING:
+ *		the task's outcome is committed, and listeners poll as a fallback.
+ */
+void
+pgbq_flush_notifications(void)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+
+	if (pgbq_npending == 0)
+		return;
+	Assert(!IsTransactionState());
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		for (int i = 0; i < pgbq_npending; i++)
+			pgbq_send_notify(pgbq_pending[i].task_id, pgbq_pending[i].state);
+		pgbq_npending = 0;
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		ereport(WARNING,
+				(errmsg("pg_background_queue could not send %d notification(s): %s",
+						pgbq_npending, edata->message)));
+		pgbq_npending = 0;
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcontext);
+}
+
+/*
  * pgbq_notify_terminal
- *		Tell listeners that a task reached a terminal state (sent at commit).
+ *		Tell listeners that a task reached a terminal state: at the commit of
+ *		the current transaction, or, in a task worker, just after it.
  */
 void
 pgbq_notify_terminal(int64 task_id, const char *state)
 {
-	char		payload[64];
-
 	if (!pgbq_notify)
 		return;
-	snprintf(payload, sizeof(payload), INT64_FORMAT " %s", task_id, state);
-	Async_Notify(PGBQ_NOTIFY_CHANNEL, payload);
+	if (!pgbq_notify_deferred)
+	{
+		pgbq_send_notify(task_id, state);
+		return;
+	}
+	if (pgbq_npending == pgbq_maxpending)
+	{
+		int			newmax = Max(8, pgbq_maxpending * 2);
+
+		if (pgbq_pending == NULL)
+			pgbq_pending = MemoryContextAlloc(TopMemoryContext,
+											  newmax * sizeof(PgbqPendingNotify));
+		else
+			pgbq_pending = repalloc(pgbq_pending, newmax * sizeof(PgbqPendingNotify));
+		pgbq_maxpending = newmax;
+	}
+	pgbq_pending[pgbq_npending].task_id = task_id;
+	strlcpy(pgbq_pending[pgbq_npending].state, state,
+			sizeof(pgbq_pending[pgbq_npending].state));
+	pgbq_npending++;
 }
 
 /*

@@ -203,6 +203,9 @@ extern void pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
 										const char *message,
 										const char *detail);
 extern void pgbq_notify_terminal(int64 task_id, const char *state);
+extern void pgbq_defer_notifications(void);
+extern void pgbq_forget_notifications(void);
+extern void pgbq_flush_notifications(void);
 extern void pgbq_recover_from_error(MemoryContext ctx);
 
 /* ---------------------------------------------------------------------

@@ -736,6 +736,7 @@ pgbq_run_task(PgbqTask *task)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		pgbq_forget_notifications();
 		QueryCancelPending = false;
 		next = NULL;
 
@@ -802,6 +803,7 @@ pgbq_run_task(PgbqTask *task)
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	pgbq_flush_notifications();
 
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(pgbq_worker_ctx);
@@ -993,6 +995,8 @@ pgbq_worker_main(Datum main_arg)
 		pgbq_maintenance_run(slotno);
 		proc_exit(0);
 	}
+
+	pgbq_defer_notifications();
 
 	/* for messages outside a transaction */
 	SetCurrentStatementStartTimestamp();

@@ -92,7 +92,7 @@ class Results:
     backlog: dict[int, float] = field(default_factory=dict)
     claim_plan: str = ""
     competitor: dict[str, Any] = field(default_factory=dict)
-    rss_kb: dict[int, int] = field(default_factory=dict)
+    rss_kb: dict[int, dict[str, int]] = field(default_factory=dict)
     log_bytes_per_task: float = 0.0
     seconds: float = 0.0
 
@@ -300,12 +300,12 @@ class Bench:
             self.conn.execute("DEALLOCATE pgbq_claim")
         return "\n".join(r[0] for r in rows)
 
-    def memory(self, first: int, second: int) -> tuple[dict[int, int], float]:
+    def memory(self, first: int, second: int) -> tuple[dict[int, dict[str, int]], float]:
         """RSS (kB) of one worker after ``first`` and ``second`` tasks; log bytes per task."""
         self.reset()
         self.set_workers(1)
         log = Path(self.node.pg_log_file)
-        rss: dict[int, int] = {}
+        rss: dict[int, dict[str, int]] = {}
         done = 0
         pid: int | None = None
         log_start = 0
@@ -325,11 +325,14 @@ class Bench:
         return rss, per_task
 
 
-def _rss_kb(pid: int) -> int:
+def _rss_kb(pid: int) -> dict[str, int]:
+    """VmRSS and its parts: private memory (RssAnon) and shared buffers touched (RssShmem)."""
+    fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            fields[key] = int(value.split()[0])
+    return fields
 
 
 def _machine(node: Any, conn: psycopg.Connection[Any]) -> dict[str, Any]:
