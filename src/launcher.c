@@ -129,6 +129,7 @@ pgbq_start_worker(PgbqWorkerKind kind, Oid dboid, Oid roleoid)
 		s->dboid = dboid;
 		s->roleoid = roleoid;
 		s->backend_start = GetCurrentTimestamp();
+		s->woken = true;		/* started for announced work */
 	}
 	LWLockRelease(pgbq_shared->lock);
 	if (s == NULL)

@@ -99,6 +99,7 @@ typedef struct PgbqSlot
 	uint64		tasks_done;
 	bool		cancel_requested;	/* for task_id */
 	bool		exit_requested;
+	bool		woken;			/* promised to announced work, not yet looked */
 	bool		waiting_capacity;	/* wake me when a running slot frees */
 	TimestampTz wake_at;		/* idle worker: when its delayed work is due */
 } PgbqSlot;

@@ -363,13 +363,33 @@ pgbq_announce_work(Oid dboid, Oid roleoid, int ready,
 		if (s->kind != PGBQ_KIND_TASK || s->dboid != dboid ||
 			s->roleoid != roleoid || s->exit_requested)
 			continue;
-		if (s->state == PGBQ_SLOT_IDLE || s->state == PGBQ_SLOT_STARTING)
+		if (s->state != PGBQ_SLOT_IDLE && s->state != PGBQ_SLOT_STARTING)
+			continue;
+		if (ready == 0)
 		{
-			if (s->state == PGBQ_SLOT_IDLE && s->latch && idle_workers < Max(ready, 1))
+			/* only future work: one idle worker recomputes its wake-up */
+			if (s->state == PGBQ_SLOT_IDLE && s->latch && idle_workers == 0)
+			{
 				SetLatch(s->latch);
-			idle_workers++;
+				idle_workers++;
+			}
+			continue;
 		}
+
+		/*
+		 * A worker woken for earlier work that has not looked for it yet is
+		 * spoken for: counting it again would leave this work waiting for
+		 * it to finish what it is about to claim.
+		 */
+		if (s->woken || idle_workers >= ready)
+			continue;
+		s->woken = true;
+		if (s->state == PGBQ_SLOT_IDLE && s->latch)
+			SetLatch(s->latch);
+		idle_workers++;
 	}
+	if (ready == 0)
+		idle_workers = 0;
 	if (d == NULL)
 	{
 		/* Demand table full: a maintenance pass will rebuild it. */

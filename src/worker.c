@@ -585,6 +585,10 @@ pgbq_reannounce(void)
 {
 	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
 
+	/* leaving: not the idle worker that will take it */
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	me->exit_requested = true;
+	LWLockRelease(pgbq_shared->lock);
 	pgbq_announce_work(me->dboid, me->roleoid, 1, 0);
 }
 
@@ -845,7 +849,8 @@ pgbq_settle_demand(uint64 seq, TimestampTz next_eligible, bool exiting)
 
 /*
  * pgbq_demand_seq
- *		Current announcement sequence number of our (database, role).
+ *		About to look for work: no longer spoken for (see pgbq_announce_work),
+ *		and the current announcement sequence number of our (database, role).
  */
 static uint64
 pgbq_demand_seq(void)
@@ -854,7 +859,8 @@ pgbq_demand_seq(void)
 	PgbqDemand *d;
 	uint64		seq = 0;
 
-	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	me->woken = false;
 	d = pgbq_demand_lookup(me->dboid, me->roleoid, false);
 	if (d)
 		seq = d->seq;
