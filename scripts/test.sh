@@ -124,6 +124,13 @@ pgxn_check() {
 	return 1
 }
 
+# ruff on the package and the tests, mypy --strict on the package
+lint() {
+	(cd "${SRC}/python" && "${PGBQ_VENV}/bin/ruff" check src ../tests &&
+		"${PGBQ_VENV}/bin/ruff" format --check src &&
+		"${PGBQ_VENV}/bin/mypy")
+}
+
 run_pytest() {
 	local rc=0
 	pg "${PGBQ_VENV}/bin/pytest" -q tests/ || rc=$?
@@ -134,6 +141,7 @@ run_pytest() {
 }
 
 [[ ${MESON} -eq 1 ]] && stage meson meson_build
+stage lint lint
 stage meta check_meta
 stage dist make_dist
 stage pgxn-install pgxn_install

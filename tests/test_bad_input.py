@@ -11,10 +11,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from core_helpers import make_role, query, scalar
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from core_helpers import make_role, query, scalar
 from pg_background_queue.testing.cluster import (
     conninfo,
     destroy_node,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import make_role, query, scalar
 
+from core_helpers import make_role, query, scalar
 from pg_background_queue.cli import main
 from pg_background_queue.testing.cluster import conninfo, poll_until
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from core_helpers import make_role, query
 
+from core_helpers import make_role, query
 from pg_background_queue import (
     AsyncClient,
     Client,
