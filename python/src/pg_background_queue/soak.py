@@ -404,9 +404,10 @@ def _soak(
             s = d.sample(t0)
             next_sample = s.at + sample_interval
             rss = max(s.rss_kb.values()) if s.rss_kb else 0
+            anon = max(s.anon_kb.values()) if s.anon_kb else 0
             say(
                 f"{s.at:7.1f}s done {s.done:>8}/{total} rows {s.rows:>7} "
-                f"table {s.table_bytes / 1e6:6.1f} MB worker rss max {rss} kB"
+                f"table {s.table_bytes / 1e6:6.1f} MB worker rss max {rss} kB (anon {anon} kB)"
             )
 
     for start in range(0, total, batch):
@@ -524,6 +525,11 @@ def _table_figures(samples: Sequence[_Sample], mean_rate: float) -> dict[str, An
         "table_bytes_max_first_half": max((s.table_bytes for s in samples[:half]), default=0),
         "table_bytes_max_second_half": max((s.table_bytes for s in samples[half:]), default=0),
         "table_bytes_last": samples[-1].table_bytes,
+        # about ten points of the run: [tasks done, table MB, max worker RssAnon kB]
+        "series": [
+            [s.done, round(s.table_bytes / 1e6, 1), max(s.anon_kb.values(), default=0)]
+            for s in samples[:: max(1, len(samples) // 10)]
+        ],
     }
 
 
