@@ -55,6 +55,7 @@ static bool pgbq_drop_recreated = false;
 static char pgbq_drop_dbname[NAMEDATALEN];
 static bool pgbq_drop_callbacks_registered = false;
 static bool pgbq_drop_nudged = false;	/* workers asked to leave before it */
+static int	pgbq_drop_nudge_level = 0;
 
 #ifdef PGBQ_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -85,6 +86,20 @@ pgbq_shmem_startup(void)
 }
 
 /*
+ * pgbq_end_nudge
+ *		The drop that asked the database's workers to leave did not happen:
+ *		let the launcher start workers there again, and a maintenance pass
+ *		restore the demand.
+ */
+static void
+pgbq_end_nudge(void)
+{
+	pgbq_drop_nudged = false;
+	pgbq_set_drop_in_progress(MyDatabaseId, false);
+	pgbq_request_maintenance(MyDatabaseId);
+}
+
+/*
  * pgbq_drop_xact_callback
  *		When a transaction that dropped the extension commits, ask this
  *		database's workers to exit (a running task is interrupted and its
@@ -101,11 +116,7 @@ pgbq_drop_xact_callback(XactEvent event, void *arg)
 		(event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 		 event == XACT_EVENT_PREPARE ||
 		 (event == XACT_EVENT_COMMIT && !pgbq_drop_pending)))
-	{
-		/* the drop did not happen: let maintenance restore the demand */
-		pgbq_drop_nudged = false;
-		pgbq_request_maintenance(MyDatabaseId);
-	}
+		pgbq_end_nudge();
 	if (!pgbq_drop_pending)
 		return;
 	switch (event)
@@ -122,7 +133,7 @@ pgbq_drop_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 			pgbq_drop_pending = false;
-			pgbq_drop_nudged = false;
+			pgbq_drop_nudged = false;	/* the mark goes with the entry */
 			nworkers = pgbq_request_database_exit(MyDatabaseId, true);
 			ereport(LOG,
 					(errmsg("pg_background_queue: extension dropped in database \"%s\"; asked %d worker(s) of that database to exit",
@@ -157,12 +168,20 @@ pgbq_drop_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	(void) mySubid;
 	(void) parentSubid;
 	(void) arg;
-	if (!pgbq_drop_pending || level > pgbq_drop_nest_level)
-		return;
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		pgbq_drop_pending = false;
-	else if (event == SUBXACT_EVENT_COMMIT_SUB)
-		pgbq_drop_nest_level = level - 1;
+	if (pgbq_drop_nudged && level <= pgbq_drop_nudge_level)
+	{
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			pgbq_end_nudge();
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			pgbq_drop_nudge_level = level - 1;
+	}
+	if (pgbq_drop_pending && level <= pgbq_drop_nest_level)
+	{
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			pgbq_drop_pending = false;
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			pgbq_drop_nest_level = level - 1;
+	}
 }
 
 /*
@@ -226,12 +245,15 @@ pgbq_drop_names_us(DropStmt *stmt)
 
 /*
  * pgbq_make_way_for_drop
- *		Before DROP EXTENSION pg_background_queue: if something holds a lock
- *		on the task table (typically a running task that enqueued work in
- *		its own transaction), the drop would wait for it to finish.  Ask the
- *		database's workers to leave instead: their tasks are interrupted and
- *		given back, and their locks released.  Should the drop fail, a
- *		maintenance pass brings the workers back (see the xact callback).
+ *		Before DROP EXTENSION pg_background_queue, lock the task table: the
+ *		drop would lock the table's id sequence first, and an enqueue locks
+ *		the table, then the sequence, so the two could deadlock.  If the
+ *		lock is not free (typically a running task that enqueued work in its
+ *		own transaction holds it), ask the database's workers to leave
+ *		first: their tasks are interrupted and given back, their locks
+ *		released, and no worker starts or claims there until this
+ *		transaction ends.  Should the drop then fail, the workers come back
+ *		(pgbq_end_nudge).
  */
 static void
 pgbq_make_way_for_drop(void)
@@ -242,17 +264,19 @@ pgbq_make_way_for_drop(void)
 	if (!pgbq_catalog_lookup(&cat, true))
 		return;
 	if (ConditionalLockRelationOid(cat.table_oid, AccessExclusiveLock))
-	{
-		/* nothing in the way; the drop takes the lock itself */
-		UnlockRelationOid(cat.table_oid, AccessExclusiveLock);
 		return;
-	}
 	pgbq_register_drop_callbacks();
-	pgbq_drop_nudged = true;
+	if (!pgbq_drop_nudged)
+	{
+		pgbq_drop_nudged = true;
+		pgbq_drop_nudge_level = GetCurrentTransactionNestLevel();
+	}
+	pgbq_set_drop_in_progress(MyDatabaseId, true);
 	nworkers = pgbq_request_database_exit(MyDatabaseId, false);
 	ereport(LOG,
 			(errmsg("pg_background_queue: DROP EXTENSION waits for a lock on the task table; asked %d worker(s) of database \"%s\" to exit",
 					nworkers, get_database_name(MyDatabaseId))));
+	LockRelationOid(cat.table_oid, AccessExclusiveLock);
 }
 
 /*

@@ -454,6 +454,12 @@ pgbq_schedule_task_workers(TimestampTz now)
 		}
 		dboid = d->dboid;
 		roleoid = d->roleoid;
+		if (pgbq_drop_in_progress(dboid))
+		{
+			/* keep the demand; the dropping transaction wakes us when done */
+			LWLockRelease(pgbq_shared->lock);
+			continue;
+		}
 		pgbq_count_workers(dboid, roleoid, &tasks_all, &tasks_pair,
 						   &maint_all, &maint_db);
 		if (d->retry_after > now)

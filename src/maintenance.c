@@ -35,6 +35,9 @@
 
 #define PGBQ_PRUNE_BATCH 10000
 
+/* Name of our database, for messages written outside a transaction. */
+static char pgbq_maintenance_dbname[NAMEDATALEN];
+
 /*
  * pgbq_live_workers_of_db
  *		Arrays of (pid, task id) of the workers of this database that hold a
@@ -67,10 +70,40 @@ pgbq_live_workers_of_db(Datum *pids, Datum *tasks)
 }
 
 /*
+ * pgbq_held_by_live_worker
+ *		Does a worker of this database hold this task right now?
+ */
+static bool
+pgbq_held_by_live_worker(int64 task_id, int32 pid)
+{
+	bool		held = false;
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_RUNNING && s->dboid == MyDatabaseId &&
+			s->pid == pid && s->task_id == task_id)
+		{
+			held = true;
+			break;
+		}
+	}
+	LWLockRelease(pgbq_shared->lock);
+	return held;
+}
+
+/*
  * pgbq_recover_orphans
  *		Account for running tasks whose worker is gone.  Rows locked by a
  *		live worker's transaction are skipped (SKIP LOCKED): they are being
- *		finished right now.
+ *		finished right now.  The list of live workers is read before the
+ *		query's snapshot, so a task claimed in between (the query may also
+ *		have waited for a lock on the table, e.g. behind a DROP EXTENSION
+ *		that was then rolled back) looks orphaned: every candidate, now
+ *		locked by us, is checked again against the live workers.
  */
 static int
 pgbq_recover_orphans(const PgbqCatalog *cat)
@@ -85,7 +118,7 @@ pgbq_recover_orphans(const PgbqCatalog *cat)
 	char	  **topics;
 
 	pgbq_live_workers_of_db(&args[0], &args[1]);
-	sql = psprintf("SELECT t.id, t.topic FROM %s t "
+	sql = psprintf("SELECT t.id, t.topic, t.worker_pid FROM %s t "
 				   "WHERE t.state = 'running' AND NOT EXISTS ("
 				   "  SELECT 1 FROM unnest($1, $2) AS l(pid, task_id) "
 				   "  WHERE l.pid = t.worker_pid AND l.task_id = t.id) "
@@ -94,16 +127,25 @@ pgbq_recover_orphans(const PgbqCatalog *cat)
 	rc = SPI_execute_with_args(sql, 2, types, args, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "orphan scan failed: %s", SPI_result_code_string(rc));
-	n = SPI_processed;
-	ids = palloc(sizeof(int64) * (n + 1));
-	topics = palloc(sizeof(char *) * (n + 1));
-	for (i = 0; i < n; i++)
+	ids = palloc(sizeof(int64) * (SPI_processed + 1));
+	topics = palloc(sizeof(char *) * (SPI_processed + 1));
+	n = 0;
+	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
+		bool		pid_isnull;
+		int64		id;
+		int32		pid;
 
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-											 SPI_tuptable->tupdesc, 1, &isnull));
-		topics[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+		pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 3, &pid_isnull));
+		if (!pid_isnull && pgbq_held_by_live_worker(id, pid))
+			continue;
+		ids[n] = id;
+		topics[n] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		n++;
 	}
 	for (i = 0; i < n; i++)
 		pgbq_record_attempt_failure(cat, ids[i], topics[i], false, "57P02",
@@ -240,6 +282,11 @@ pgbq_maintenance_step(int step, int64 *result)
 	installed = pgbq_catalog_lookup(&cat, true);
 	if (installed)
 	{
+		/* for the log, outside any transaction */
+		char	   *dbname = get_database_name(MyDatabaseId);
+
+		strlcpy(pgbq_maintenance_dbname, dbname ? dbname : "?",
+				sizeof(pgbq_maintenance_dbname));
 		nest = pgbq_begin_privileged(cat.owner, &save_userid, &save_sec);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
@@ -310,7 +357,7 @@ pgbq_maintenance_run(int slotno)
 	{
 		if (n > 0)
 			elog(LOG, "pg_background_queue: accounted for %d interrupted task(s) in database \"%s\"",
-				 (int) n, get_database_name(MyDatabaseId));
+				 (int) n, pgbq_maintenance_dbname);
 		(void) pgbq_guarded_step(1, &n);
 		if (pgbq_retention_in_sec >= 0)
 		{

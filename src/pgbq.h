@@ -122,6 +122,7 @@ typedef struct PgbqDatabase
 	bool		has_extension;
 	bool		maintenance_requested;
 	TimestampTz last_maintenance;
+	bool		drop_in_progress;	/* DROP EXTENSION waits for our workers */
 } PgbqDatabase;
 
 typedef struct PgbqRateTopic
@@ -175,6 +176,8 @@ extern void pgbq_wake_launcher(void);
 extern int	pgbq_live_task_workers(bool calibrate);
 extern bool pgbq_signal_cancel(int64 task_id, Oid dboid);
 extern int	pgbq_request_database_exit(Oid dboid, bool forget);
+extern void pgbq_set_drop_in_progress(Oid dboid, bool on);
+extern bool pgbq_drop_in_progress(Oid dboid);
 
 /* ---------------------------------------------------------------------
  * Catalog helpers (catalog.c)

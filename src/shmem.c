@@ -548,3 +548,35 @@ pgbq_request_database_exit(Oid dboid, bool forget)
 	LWLockRelease(pgbq_shared->lock);
 	return n;
 }
+
+/*
+ * pgbq_set_drop_in_progress
+ *		Mark (or unmark) a database whose DROP EXTENSION is waiting for its
+ *		workers to leave: the launcher starts no task worker there and
+ *		workers leave instead of claiming.  The transaction that set the mark
+ *		clears it when it ends (at commit, with the database's entry).
+ */
+void
+pgbq_set_drop_in_progress(Oid dboid, bool on)
+{
+	PgbqDatabase *db;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	db = pgbq_database_lookup(dboid, on);
+	if (db)
+		db->drop_in_progress = on;
+	LWLockRelease(pgbq_shared->lock);
+}
+
+/*
+ * pgbq_drop_in_progress
+ *		Is a DROP EXTENSION waiting for this database's workers?  Caller
+ *		holds the lock.
+ */
+bool
+pgbq_drop_in_progress(Oid dboid)
+{
+	PgbqDatabase *db = pgbq_database_lookup(dboid, false);
+
+	return db != NULL && db->drop_in_progress;
+}

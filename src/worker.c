@@ -897,7 +897,7 @@ pgbq_task_loop(void)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		LWLockAcquire(pgbq_shared->lock, LW_SHARED);
-		exit_requested = me->exit_requested;
+		exit_requested = me->exit_requested || pgbq_drop_in_progress(me->dboid);
 		LWLockRelease(pgbq_shared->lock);
 
 		if (pgbq_extension_dropped)

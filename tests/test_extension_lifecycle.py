@@ -154,8 +154,25 @@ def test_drop_extension_does_not_wait_for_a_task_holding_the_queue_lock(
 ) -> None:
     node = new_cluster(make_cluster)
     started_at = scalar(node, "SELECT pg_postmaster_start_time()")
-    start_busy(node, LOCKING_TASK)
+    ids = start_busy(node, LOCKING_TASK)
+    busy = worker_pids(node)
     offset = len(server_log(node))
+
+    # rolled back: the workers it asked to leave gave their tasks back, which
+    # run again at once, without losing an attempt
+    with connect(node, autocommit=False) as conn:
+        conn.execute(f"SET LOCAL statement_timeout = '{DROP_DEADLINE_S}s'")
+        conn.execute("DROP EXTENSION pg_background_queue")
+        conn.rollback()
+    poll_until(
+        lambda: (
+            all((r := task(node, i))["state"] == "running" and r["attempts"] == 1 for i in ids)
+            and set(worker_pids(node)).isdisjoint(busy)
+        ),
+        timeout=10,
+        message="the tasks given back did not run again",
+    )
+    assert "extension dropped in database" not in log_since(node, offset)
 
     took = timed_drop(node)
     assert took < 5, f"DROP EXTENSION took {took:.2f}s"
@@ -163,7 +180,8 @@ def test_drop_extension_does_not_wait_for_a_task_holding_the_queue_lock(
     # the workers give their tasks back and leave; whichever still holds one
     # when the drop commits logs that it abandoned it
     log = wait_log(node, offset, "extension dropped in database")
-    assert f"DROP EXTENSION waits for a lock on the task table; asked {BUSY} worker(s)" in log
+    nudge = f"DROP EXTENSION waits for a lock on the task table; asked {BUSY} worker(s)"
+    assert log.count(nudge) == 2, "once for the rolled-back drop, once for this one"
     assert_clean_exit(log)
     assert scalar(node, "SELECT pg_postmaster_start_time()") == started_at
     assert scalar(node, "SELECT count(*) FROM effects") == 0
