@@ -13,7 +13,9 @@ SIGKILL, immediate/clean shutdown, launcher SIGTERM, an idle standby):
 * d) ``pg_terminate_backend`` of a busy worker gives its task back without burning an attempt;
 * e) ``max_worker_processes`` exhausted by parallel query workers: tasks wait, the server log
   says why, and they run once slots free up;
-* f) ``kill -9`` of the launcher.
+* f) ``kill -9`` of the launcher;
+* regressions: orphan recovery crashed the server (segfault), and took tasks claimed during
+  its scan for orphans under load.
 
 (b, a clean shutdown in the middle of long tasks on several workers, is
 test_core_faults.py::test_clean_shutdown_burns_no_attempt.)
@@ -275,7 +277,7 @@ def test_exactly_once_under_kill9_and_immediate_shutdowns(make_cluster: MakeClus
                 node.start()
                 restarts += 1
         except (ProcessLookupError, psycopg.OperationalError):
-            continue  # the server restarted by itself meanwhile (see the xfail tests): again
+            continue  # the server restarted by itself meanwhile: strike again
         i += 1
         wait_workers_back(node, old)
     faults_s = time.monotonic() - t0
@@ -297,6 +299,8 @@ def test_exactly_once_under_kill9_and_immediate_shutdowns(make_cluster: MakeClus
     )
     assert kills >= KILLS_A
     assert restarts >= RESTARTS_A
+    # one crash restart per kill, none of the server's own making
+    assert server_log(node).count(CRASH_RESTART_LOG) == kills
     assert sum(left.get(a, 0) for a in ACTIVE) > 0, "the faults must land while work is queued"
 
 
@@ -611,26 +615,15 @@ def test_launcher_kill9_crash_restarts_and_the_queue_resumes(make_cluster: MakeC
 
 
 # --------------------------------------------------------------------------------------
-# Bugs found by this suite and by the soak (strict xfail: they fail today)
+# Regressions for bugs found by this suite and the soak (fixed in 58cfedd)
 # --------------------------------------------------------------------------------------
 
 SEGV_LOG = "was terminated by signal"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: every orphan recovery crashes the server. pgbq_maintenance_run() "
-        "(src/maintenance.c:311-313) logs 'accounted for %d interrupted task(s) in database "
-        '"%s"\' with get_database_name(MyDatabaseId) after pgbq_maintenance_step(0) has '
-        "committed, i.e. outside a transaction with CurrentResourceOwner = NULL; the syscache "
-        "lookup segfaults in ResourceOwnerEnlargeCatCacheRefs, the postmaster kills every "
-        "backend and reinitializes. So after any crash or immediate shutdown with running "
-        "tasks, or a worker dying while holding a task, the server goes through a second crash "
-        "restart (the orphans were already recorded, so it does not loop)."
-    ),
-)
 def test_orphan_recovery_does_not_crash_the_server(make_cluster: MakeCluster) -> None:
+    """Was: the orphan log line called get_database_name() outside a transaction, so every
+    orphan recovery segfaulted the maintenance worker and crash-restarted the server."""
     node = make_cluster(extra_conf=FAULT_CONF)
     setup_counters(node, 1)
     enqueue_counters(node, [1], sleep=60, topic=lambda k: "fragile")
@@ -655,22 +648,10 @@ def test_orphan_recovery_does_not_crash_the_server(make_cluster: MakeCluster) ->
     assert accounted in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: orphan recovery takes live tasks for orphans under load. pgbq_recover_orphans() "
-        "(src/maintenance.c) reads the live (pid, task_id) slots first, then runs its SELECT "
-        "... WHERE state = 'running' AND (worker_pid, id) not among them FOR UPDATE SKIP "
-        "LOCKED with a newer snapshot. A worker that claimed its next task in between (its "
-        "claim committed, so the row is no longer locked while the task runs) is not in the "
-        "stale list: the running task gets a 57P02 'attempt interrupted' failure while it "
-        "runs, the worker's finish then matches no row and rolls its effects back, and the "
-        "task fails (retry_count 0) or burns a retry though nothing went wrong. Seen within "
-        "seconds at a few thousand trivial tasks/s with maintenance_interval = 1 s; combined "
-        "with the segfault above, each occurrence also crash-restarts the server."
-    ),
-)
 def test_no_fault_means_no_interrupted_attempt_under_load(make_cluster: MakeCluster) -> None:
+    """Was: orphan recovery read the live workers before its query's snapshot, so a task
+    claimed in between was failed as 57P02 while it ran (seen within seconds at a few
+    thousand tasks/s with a maintenance pass every second)."""
     node = make_cluster(extra_conf={**FAULT_CONF, "pg_background_queue.maintenance_interval": "1s"})
     rounds, per_round = 20, 5000
     setup_counters(node, rounds * per_round)

@@ -269,7 +269,7 @@ def run(
     warmup: float = 0.1,
     drain_timeout: float = 600.0,
     wait_for_retention: bool = True,
-    rss_slope_limit_kb: float = 1024.0,
+    rss_slope_limit_kb: float = 64.0,
     progress: Callable[[str], None] | None = None,
     keep_on_error: bool = False,
 ) -> dict[str, Any]:
