@@ -736,7 +736,12 @@ pgbq_run_task(PgbqTask *task)
 
 		pgbq_in_task = false;
 		disable_timeout(pgbq_timeout_id, false);
-		MemoryContextSwitchTo(pgbq_worker_ctx);
+
+		/*
+		 * The error's copy lives in the task context, reset before the next
+		 * task: FreeErrorData does not free every string CopyErrorData makes.
+		 */
+		MemoryContextSwitchTo(pgbq_task_ctx);
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();

@@ -82,21 +82,6 @@ def worker_context_used(node: Any, pid: int) -> int:
         "SELECT 1",
         pytest.param(
             "SELECT 1 / 0",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: every failed attempt leaks 160 bytes into the worker's long-lived "
-                    "'pg_background_queue worker' memory context. pgbq_run_task's PG_CATCH "
-                    "(src/worker.c) switches to pgbq_worker_ctx and calls CopyErrorData(); on "
-                    "PostgreSQL 15.20 that also pstrdup()s filename, funcname, domain and "
-                    "context_domain, which FreeErrorData() does not free (its disassembly has "
-                    "13 pfree calls, none for them): a dump of the context shows thousands of "
-                    "'int.c', 'int4div', 'postgres-15' strings after as many failures. In the "
-                    "2M-task soak (5% failing kinds) worker RssAnon grew linearly, ~300 kB per "
-                    "100k tasks. Fix: copy the error into a short-lived context (reset after "
-                    "the failure is recorded) instead of pgbq_worker_ctx."
-                ),
-            ),
             id="failing",
         ),
     ],
