@@ -34,7 +34,7 @@ import pytest
 
 from core_helpers import connect, query, scalar, wait_tasks
 from pg_background_queue import Client, WaitTimeout
-from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
+from pg_background_queue.testing.cluster import PollTimeout, destroy_node, make_node, poll_until
 
 OK = "OK"
 
@@ -843,5 +843,39 @@ def test_drop_extension_by_a_non_owner_disturbs_no_one(env: Env) -> None:
                 got = exc.sqlstate or "no SQLSTATE"
         holder.rollback()
     after = query(node, running, (victim,))
+    scalar(node, "SELECT pg_background_cancel(%s)", (victim,), user="b")
+    assert (got, after) == ("42501", before)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the ProcessUtility hook calls pgbq_request_database_exit() for DROP DATABASE "
+    "before PostgreSQL checks that the caller owns the database: any role (here c, never "
+    "granted, from template1) running DROP DATABASE postgres SIGTERMs every worker of that "
+    "database (running tasks of every role are interrupted and given back) and makes the "
+    "launcher forget its demand there; only then does the drop fail with 42501",
+)
+def test_drop_database_by_a_non_owner_disturbs_no_one(env: Env) -> None:
+    node = env.node
+    victim = int(scalar(node, "SELECT pg_background_enqueue('SELECT pg_sleep(20) -- victim', "
+                              "'b-long')", user="b"))  # fmt: skip
+    running = "SELECT worker_pid, started_at, attempts FROM pg_background_tasks " \
+              "WHERE id = %s AND state = 'running'"  # fmt: skip
+    before = poll_until(lambda: query(node, running, (victim,)), timeout=30)
+    with connect(node, user="c", dbname="template1") as c:
+        try:
+            c.execute("DROP DATABASE postgres")
+            got = "no error"
+        except psycopg.Error as exc:
+            got = exc.sqlstate or "no SQLSTATE"
+
+    def changed() -> tuple[Any] | None:
+        now = query(node, running, (victim,))
+        return (now,) if now != before else None
+
+    try:  # watch for 2 s: a SIGTERMed worker gives its task back within milliseconds
+        (after,) = poll_until(changed, timeout=2)
+    except PollTimeout:
+        after = before
     scalar(node, "SELECT pg_background_cancel(%s)", (victim,), user="b")
     assert (got, after) == ("42501", before)
