@@ -21,6 +21,7 @@
 
 #include "access/xact.h"
 #include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -31,6 +32,7 @@
 #include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 
 #include "src/compat.h"
 #include "src/pgbq.h"
@@ -284,7 +286,9 @@ pgbq_make_way_for_drop(void)
  *		Before DROP DATABASE, ask our workers connected to it to leave, so
  *		that the drop does not fail with "being accessed by other users".
  *		Before DROP EXTENSION pg_background_queue, make sure no worker's
- *		lock keeps it waiting.
+ *		lock keeps it waiting.  Both only when the caller owns the object
+ *		(PostgreSQL checks that later): a role that may not drop it must
+ *		not be able to interrupt other roles' tasks by trying.
  */
 static void
 pgbq_process_utility(PGBQ_UTILITY_HOOK_ARGS)
@@ -295,13 +299,19 @@ pgbq_process_utility(PGBQ_UTILITY_HOOK_ARGS)
 	{
 		Oid			dboid = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
 
-		if (OidIsValid(dboid))
+		/* only for a drop that may go ahead: others must not disturb us */
+		if (OidIsValid(dboid) && pgbq_database_ownercheck(dboid))
 			(void) pgbq_request_database_exit(dboid, true);
 	}
 	else if (pgbq_shared != NULL && parsetree != NULL &&
 			 IsA(parsetree, DropStmt) &&
 			 pgbq_drop_names_us((DropStmt *) parsetree))
-		pgbq_make_way_for_drop();
+	{
+		Oid			extoid = get_extension_oid(PGBQ_EXTENSION_NAME, true);
+
+		if (OidIsValid(extoid) && pgbq_extension_ownercheck(extoid))
+			pgbq_make_way_for_drop();
+	}
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(PGBQ_UTILITY_HOOK_PASS);
 	else

@@ -12,6 +12,8 @@
 #include "postmaster/bgworker.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 #if PG_VERSION_NUM < 130000
 #error "pg_background_queue requires PostgreSQL 13 or later"
@@ -82,6 +84,33 @@
 	QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc
 #define PGBQ_UTILITY_HOOK_PASS \
 	pstmt, queryString, context, params, queryEnv, dest, qc
+#endif
+
+/* Ownership checks became one generic function in 16. */
+#if PG_VERSION_NUM >= 160000
+#define pgbq_database_ownercheck(dboid) \
+	object_ownercheck(DatabaseRelationId, (dboid), GetUserId())
+#define pgbq_extension_ownercheck(extoid) \
+	object_ownercheck(ExtensionRelationId, (extoid), GetUserId())
+#else
+#define pgbq_database_ownercheck(dboid) \
+	pg_database_ownercheck((dboid), GetUserId())
+#define pgbq_extension_ownercheck(extoid) \
+	pg_extension_ownercheck((extoid), GetUserId())
+#endif
+
+/*
+ * A repeating timeout (14 added it; before, the handler arms the next tick
+ * itself, which PostgreSQL's timeout code allows from within a handler).
+ */
+#if PG_VERSION_NUM >= 140000
+#define pgbq_enable_timeout_every(id, ms) \
+	enable_timeout_every((id), \
+						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (ms)), (ms))
+#define PGBQ_TIMEOUT_REARM(id, ms) ((void) 0)
+#else
+#define pgbq_enable_timeout_every(id, ms) enable_timeout_after((id), (ms))
+#define PGBQ_TIMEOUT_REARM(id, ms) enable_timeout_after((id), (ms))
 #endif
 
 #endif							/* PGBQ_COMPAT_H */

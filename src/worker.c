@@ -19,7 +19,12 @@
  * next task).  A cancel request, a timeout and a shutdown all interrupt the
  * task with a query cancel; the worker tells them apart by flags: cancel
  * ends the task as cancelled, timeout as a failed attempt (SQLSTATE 57014),
- * shutdown gives the task back without burning the attempt.
+ * shutdown gives the task back without burning the attempt.  A task cannot
+ * ignore that interrupt (PL/pgSQL can catch a query cancel): a watchdog
+ * ticking while the task runs notices that the task is still running
+ * PGBQ_INTERRUPT_GRACE_MS after it was interrupted and terminates the
+ * worker (a FATAL error, which nothing can catch); on its way out the
+ * worker rolls the task back and records the same outcome.
  *
  * DROP EXTENSION asks the database's workers to exit when it commits.  A
  * worker then abandons its task: the task's transaction rolls back and its
@@ -92,6 +97,23 @@ static volatile sig_atomic_t pgbq_timed_out = false;
 static TimeoutId pgbq_timeout_id;
 
 /*
+ * The interrupt watchdog: while a task runs it ticks every
+ * PGBQ_WATCHDOG_TICK_MS; once the task was interrupted (cancel, timeout,
+ * SIGTERM), enough ticks without the task ending escalate to terminating
+ * the worker.
+ */
+#define PGBQ_WATCHDOG_TICK_MS		250
+#define PGBQ_INTERRUPT_GRACE_MS		500
+static TimeoutId pgbq_watchdog_id;
+static volatile sig_atomic_t pgbq_interrupted = false;
+static volatile sig_atomic_t pgbq_interrupted_ticks = 0;
+static volatile sig_atomic_t pgbq_escalated = false;
+
+/* The task being run, and its topic's policy, for the exit callback. */
+static PgbqTask *pgbq_current_task = NULL;
+static PgbqTopicPolicy pgbq_current_policy;
+
+/*
  * pgbq_worker_sigterm
  *		SIGTERM: stop after giving back the current task.  While a task runs,
  *		interrupt it with a query cancel so the worker regains control.
@@ -104,6 +126,29 @@ pgbq_worker_sigterm(SIGNAL_ARGS)
 	pgbq_got_sigterm = true;
 	if (pgbq_in_task)
 	{
+		pgbq_interrupted = true;
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
+ * pgbq_worker_sigint
+ *		SIGINT (pg_background_cancel, pg_cancel_backend): a query cancel, as
+ *		for any backend; while a task runs, the watchdog also starts
+ *		counting.
+ */
+static void
+pgbq_worker_sigint(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (!proc_exit_inprogress)
+	{
+		if (pgbq_in_task)
+			pgbq_interrupted = true;
 		InterruptPending = true;
 		QueryCancelPending = true;
 	}
@@ -121,9 +166,34 @@ pgbq_task_timeout_handler(void)
 	if (!pgbq_in_task)
 		return;
 	pgbq_timed_out = true;
+	pgbq_interrupted = true;
 	InterruptPending = true;
 	QueryCancelPending = true;
 	SetLatch(MyLatch);
+}
+
+/*
+ * pgbq_watchdog_handler
+ *		A tick while a task runs: if the task was interrupted and is still
+ *		running after the grace period, it caught the query cancel; make the
+ *		worker exit (see pgbq_worker_before_exit).
+ */
+static void
+pgbq_watchdog_handler(void)
+{
+	if (!pgbq_in_task)
+		return;
+	PGBQ_TIMEOUT_REARM(pgbq_watchdog_id, PGBQ_WATCHDOG_TICK_MS);
+	if (!pgbq_interrupted || pgbq_escalated)
+		return;
+	pgbq_interrupted_ticks++;
+	if (pgbq_interrupted_ticks * PGBQ_WATCHDOG_TICK_MS > PGBQ_INTERRUPT_GRACE_MS)
+	{
+		pgbq_escalated = true;
+		InterruptPending = true;
+		ProcDiePending = true;
+		SetLatch(MyLatch);
+	}
 }
 
 /*
@@ -686,6 +756,151 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 }
 
 /*
+ * pgbq_classify_interrupt
+ *		Why was the running task interrupted?  Sets *cancelled (by
+ *		pg_background_cancel) or *shutdown (SIGTERM: give it back), and
+ *		returns the message to record, or NULL for a plain query cancel
+ *		(pg_cancel_backend, or one the task raised itself).
+ */
+static const char *
+pgbq_classify_interrupt(PgbqTask *task, const PgbqTopicPolicy *policy,
+						bool *cancelled, bool *shutdown)
+{
+	PgbqSlot   *s = &pgbq_shared->slots[pgbq_slotno];
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	*cancelled = s->cancel_requested && s->task_id == task->id;
+	LWLockRelease(pgbq_shared->lock);
+	*shutdown = false;
+	if (*cancelled)
+		return "task was cancelled by pg_background_cancel()";
+	if (pgbq_timed_out)
+		return psprintf("task exceeded its timeout of %d s", policy->timeout_in_sec);
+	if (pgbq_got_sigterm)
+		*shutdown = true;
+	return NULL;
+}
+
+/*
+ * pgbq_record_end
+ *		After the task's transaction was rolled back: in a new transaction,
+ *		give the task back (shutdown), or record the failed or cancelled
+ *		attempt and, with claim_next, claim the next task (returned).
+ */
+static PgbqTask *
+pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
+				const char *sqlstate, const char *message, const char *detail,
+				bool claim_next)
+{
+	PgbqTask   *next = NULL;
+	bool		alive;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	alive = pgbq_task_table_alive(task);
+	SPI_finish();
+	PopActiveSnapshot();
+	if (!alive)
+	{
+		/* DROP EXTENSION: the row is gone, nothing to record */
+		pgbq_log_abandoned(task, true);
+		pgbq_release_slot_task();
+		shutdown = false;
+	}
+	else if (shutdown)
+	{
+		pgbq_give_back(task);
+		pgbq_release_slot_task();
+	}
+	else
+	{
+		TimestampTz wait_until;
+		bool		blocked;
+
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
+									cancelled, sqlstate, message, detail);
+		PopActiveSnapshot();
+		pgbq_release_slot_task();
+		if (claim_next && !pgbq_got_sigterm)
+			(void) pgbq_bookkeeping_claim(&next, &wait_until, &blocked);
+	}
+	CommitTransactionCommand();
+	pgbq_current_task = NULL;
+	if (shutdown)
+		pgbq_reannounce();
+	return next;
+}
+
+/*
+ * pgbq_stop_task_timers
+ *		The task is over (or being given up): no more timeout or watchdog.
+ */
+static void
+pgbq_stop_task_timers(void)
+{
+	DisableTimeoutParams timers[2];
+
+	pgbq_in_task = false;
+	timers[0].id = pgbq_timeout_id;
+	timers[0].keep_indicator = false;
+	timers[1].id = pgbq_watchdog_id;
+	timers[1].keep_indicator = false;
+	disable_timeouts(timers, 2);
+}
+
+/*
+ * pgbq_worker_before_exit
+ *		The worker exits while running a task because the task ignored its
+ *		interrupt (see pgbq_watchdog_handler): roll the task back and record
+ *		the outcome the interrupt stood for, as pgbq_run_task would have.
+ *		Any other exit in the middle of a task is left to orphan recovery.
+ *		Runs before the transaction machinery shuts down, like PostgreSQL's
+ *		own cleanup of temporary relations.
+ */
+static void
+pgbq_worker_before_exit(int code, Datum arg)
+{
+	PgbqTask   *task = pgbq_current_task;
+	const char *message;
+	bool		cancelled;
+	bool		shutdown;
+
+	(void) code;
+	(void) arg;
+	if (task == NULL || !pgbq_escalated)
+		return;
+	pgbq_current_task = NULL;
+	pgbq_stop_task_timers();
+	HOLD_INTERRUPTS();
+	QueryCancelPending = false;
+	MemoryContextSwitchTo(pgbq_worker_ctx);
+	AbortOutOfAnyTransaction();
+	pgbq_forget_notifications();
+
+	message = pgbq_classify_interrupt(task, &pgbq_current_policy, &cancelled, &shutdown);
+	ereport(LOG,
+			(errmsg("pg_background_queue: task " INT64_FORMAT " kept running %d ms after it was interrupted; its worker was terminated",
+					task->id, PGBQ_INTERRUPT_GRACE_MS),
+			 errdetail("The task caught the query cancel sent for %s.",
+					   cancelled ? "pg_background_cancel()" :
+					   pgbq_timed_out ? "its topic's timeout" :
+					   shutdown ? "a shutdown or pg_terminate_backend()" :
+					   "a query cancel request")));
+	if (message == NULL)
+		message = "canceling statement due to user request";
+	if (!shutdown)
+		message = psprintf("%s (the task ignored the interrupt; its worker was terminated)",
+						   message);
+	(void) pgbq_record_end(task, cancelled, shutdown, "57014", message, NULL, false);
+	pgbq_flush_notifications();
+	RESUME_INTERRUPTS();
+}
+
+/*
  * pgbq_run_task
  *		Run one claimed task to its end; returns the next claimed task, if
  *		one could be claimed in the same commit.
@@ -693,12 +908,15 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 static PgbqTask *
 pgbq_run_task(PgbqTask *task)
 {
-	PgbqTopicPolicy policy;
 	PgbqTask   *volatile next = NULL;
 
-	pgbq_topic_policy(task->topic, &policy);
+	pgbq_topic_policy(task->topic, &pgbq_current_policy);
 	MemoryContextReset(pgbq_task_ctx);
 	pgbq_timed_out = false;
+	pgbq_interrupted = false;
+	pgbq_interrupted_ticks = 0;
+	pgbq_escalated = false;
+	pgbq_current_task = task;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -707,21 +925,24 @@ pgbq_run_task(PgbqTask *task)
 	{
 		pgbq_reset_session();
 		pgstat_report_activity(STATE_RUNNING, task->sql);
+		if (pgbq_current_policy.timeout_in_sec > 0)
+			enable_timeout_after(pgbq_timeout_id,
+								 pgbq_current_policy.timeout_in_sec * 1000);
+		pgbq_enable_timeout_every(pgbq_watchdog_id, PGBQ_WATCHDOG_TICK_MS);
 		pgbq_in_task = true;
 		if (pgbq_got_sigterm)
 		{
+			pgbq_interrupted = true;
 			InterruptPending = true;
 			QueryCancelPending = true;
 		}
-		if (policy.timeout_in_sec > 0)
-			enable_timeout_after(pgbq_timeout_id, policy.timeout_in_sec * 1000);
 		pgbq_execute_sql(task->sql);
 		HOLD_CANCEL_INTERRUPTS();
-		pgbq_in_task = false;
-		disable_timeout(pgbq_timeout_id, false);
+		pgbq_stop_task_timers();
 
 		next = pgbq_finish_and_claim_next(task);
 		CommitTransactionCommand();
+		pgbq_current_task = NULL;
 		RESUME_CANCEL_INTERRUPTS();
 	}
 	PG_CATCH();
@@ -729,13 +950,12 @@ pgbq_run_task(PgbqTask *task)
 		ErrorData  *edata;
 		bool		cancelled = false;
 		bool		shutdown = false;
-		bool		alive;
-		PgbqSlot   *s = &pgbq_shared->slots[pgbq_slotno];
 		const char *message;
 		char		sqlstate[6];
 
-		pgbq_in_task = false;
-		disable_timeout(pgbq_timeout_id, false);
+		pgbq_stop_task_timers();
+		/* the error may have come from the bookkeeping after the task */
+		QueryCancelHoldoffCount = 0;
 
 		/*
 		 * The error's copy lives in the task context, reset before the next
@@ -747,68 +967,21 @@ pgbq_run_task(PgbqTask *task)
 		AbortOutOfAnyTransaction();
 		pgbq_forget_notifications();
 		QueryCancelPending = false;
-		next = NULL;
 
 		strlcpy(sqlstate, unpack_sql_state(edata->sqlerrcode), sizeof(sqlstate));
 		message = edata->message;
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 		{
-			LWLockAcquire(pgbq_shared->lock, LW_SHARED);
-			cancelled = s->cancel_requested && s->task_id == task->id;
-			LWLockRelease(pgbq_shared->lock);
-			if (cancelled)
-				message = "task was cancelled by pg_background_cancel()";
-			else if (pgbq_timed_out)
-				message = psprintf("task exceeded its timeout of %d s",
-								   policy.timeout_in_sec);
-			else if (pgbq_got_sigterm)
-				shutdown = true;
+			const char *why = pgbq_classify_interrupt(task, &pgbq_current_policy,
+													  &cancelled, &shutdown);
+
+			if (why != NULL)
+				message = why;
 		}
 		elog(DEBUG1, "pg_background_queue: task " INT64_FORMAT " failed: %s",
 			 task->id, edata->message);
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		alive = pgbq_task_table_alive(task);
-		SPI_finish();
-		PopActiveSnapshot();
-		if (!alive)
-		{
-			/* DROP EXTENSION: the row is gone, nothing to record */
-			pgbq_log_abandoned(task, true);
-			pgbq_release_slot_task();
-			shutdown = false;
-		}
-		else if (shutdown)
-		{
-			pgbq_give_back(task);
-			pgbq_release_slot_task();
-		}
-		else
-		{
-			TimestampTz wait_until;
-			bool		blocked;
-
-			PushActiveSnapshot(GetTransactionSnapshot());
-			pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
-										cancelled, sqlstate, message,
-										edata->detail);
-			PopActiveSnapshot();
-			pgbq_release_slot_task();
-			if (!pgbq_got_sigterm)
-			{
-				PgbqTask   *claimed;
-
-				(void) pgbq_bookkeeping_claim(&claimed, &wait_until, &blocked);
-				next = claimed;
-			}
-		}
-		CommitTransactionCommand();
-		if (shutdown)
-			pgbq_reannounce();
+		next = pgbq_record_end(task, cancelled, shutdown, sqlstate, message,
+							   edata->detail, true);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -981,6 +1154,7 @@ pgbq_worker_main(Datum main_arg)
 	memcpy(&generation, MyBgworkerEntry->bgw_extra, sizeof(uint32));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, pgbq_worker_sigterm);
+	pqsignal(SIGINT, pgbq_worker_sigint);
 	BackgroundWorkerUnblockSignals();
 
 	me = pgbq_attach_slot(slotno, generation);
@@ -1021,6 +1195,9 @@ pgbq_worker_main(Datum main_arg)
 	MemoryContextSwitchTo(pgbq_worker_ctx);
 
 	pgbq_timeout_id = RegisterTimeout(USER_TIMEOUT, pgbq_task_timeout_handler);
+	pgbq_watchdog_id = RegisterTimeout(USER_TIMEOUT, pgbq_watchdog_handler);
+	/* after the connection's own callbacks: runs before they do */
+	before_shmem_exit(pgbq_worker_before_exit, 0);
 	pgbq_task_loop();
 	proc_exit(0);
 }

@@ -711,14 +711,6 @@ def swallower(seconds: float, tag: str) -> str:
     )
 
 
-SWALLOW_BUG = (
-    "BUG: the worker turns its topic timeout, pg_background_cancel() and SIGTERM "
-    "(pg_terminate_backend, fast shutdown) into a plain query cancel (QueryCancelPending, "
-    "raised once), which PL/pgSQL can catch (EXCEPTION WHEN query_canceled); the task keeps "
-    "running and is then marked finished"
-)
-
-
 @pytest.fixture(scope="module")
 def swallowers(env: Env, task_outcomes: dict[str, Any]) -> dict[str, Any]:
     """Three swallowing tasks of a: one hits its 1 s topic timeout, one is cancelled and one
@@ -756,23 +748,19 @@ def swallowers(env: Env, task_outcomes: dict[str, Any]) -> dict[str, Any]:
             "terminate_exit_seconds": exit_seconds if gone else None}  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason=SWALLOW_BUG)
 def test_task_cannot_swallow_its_timeout(swallowers: dict[str, Any]) -> None:
     row = swallowers["timeout"]
     assert (row["state"], [h["sqlstate"] for h in row["error_history"]]) == ("failed", ["57014"])
 
 
-@pytest.mark.xfail(strict=True, reason=SWALLOW_BUG)
 def test_task_cannot_swallow_its_cancel(swallowers: dict[str, Any]) -> None:
     assert swallowers["cancel"]["state"] == "cancelled"
 
 
-@pytest.mark.xfail(strict=True, reason=SWALLOW_BUG)
 def test_task_cannot_swallow_pg_terminate_backend(swallowers: dict[str, Any]) -> None:
     assert swallowers["terminate_exit_seconds"] < 2
 
 
-@pytest.mark.xfail(strict=True, reason=SWALLOW_BUG)
 def test_task_cannot_delay_a_fast_shutdown(make_cluster: Any) -> None:
     node = make_cluster()
     query(node, "CREATE ROLE a LOGIN")
@@ -791,12 +779,6 @@ def test_task_cannot_delay_a_fast_shutdown(make_cluster: Any) -> None:
     assert time.monotonic() - t0 < 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (Python client): Client.wait() takes a NOTIFY payload '<id> <state>' as proof "
-    "that the task is over; any role (even one not granted) can NOTIFY that channel, so "
-    "wait() returns a still-pending task",
-)
 def test_forged_notification_does_not_end_a_wait(env: Env) -> None:
     task_id = int(scalar(env.node, "SELECT pg_background_enqueue('SELECT 1', run_at => %s)",
                          (FAR,), user="a"))  # fmt: skip
@@ -816,15 +798,6 @@ def test_forged_notification_does_not_end_a_wait(env: Env) -> None:
             forger.join()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the ProcessUtility hook runs pgbq_make_way_for_drop() before PostgreSQL checks "
-    "that the caller owns the extension: any role that can connect (here c, never granted) "
-    "running DROP EXTENSION pg_background_queue while the task table's lock is busy marks "
-    "the database drop-in-progress, asks every worker of the database to exit (running tasks "
-    "of every role are interrupted and given back) and queues for ACCESS EXCLUSIVE on the "
-    "table; only then does the drop fail with 42501",
-)
 def test_drop_extension_by_a_non_owner_disturbs_no_one(env: Env) -> None:
     node = env.node
     victim = int(scalar(node, "SELECT pg_background_enqueue('SELECT pg_sleep(20) -- victim', "
@@ -847,14 +820,6 @@ def test_drop_extension_by_a_non_owner_disturbs_no_one(env: Env) -> None:
     assert (got, after) == ("42501", before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the ProcessUtility hook calls pgbq_request_database_exit() for DROP DATABASE "
-    "before PostgreSQL checks that the caller owns the database: any role (here c, never "
-    "granted, from template1) running DROP DATABASE postgres SIGTERMs every worker of that "
-    "database (running tasks of every role are interrupted and given back) and makes the "
-    "launcher forget its demand there; only then does the drop fail with 42501",
-)
 def test_drop_database_by_a_non_owner_disturbs_no_one(env: Env) -> None:
     node = env.node
     victim = int(scalar(node, "SELECT pg_background_enqueue('SELECT pg_sleep(20) -- victim', "

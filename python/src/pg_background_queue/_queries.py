@@ -248,9 +248,14 @@ class Queries:
 class WaitState:
     """Bookkeeping of :meth:`Client.wait`, shared by the sync and async loops.
 
-    Notifications (``NOTIFY pg_background_queue '<id> <state>'``) remove ids as their tasks
-    end; a slow poll of the remaining ids covers a missed or disabled notification.
+    A notification (``NOTIFY pg_background_queue '<id> <state>'``) naming one of the ids is
+    only a hint: any role may NOTIFY that channel, so it brings the next poll of the
+    remaining ids forward (notifications arriving within ``NOTIFY_BATCH`` seconds of a poll
+    share the next one) and only a poll removes ids.  The slow poll covers a missed or
+    disabled notification.
     """
+
+    NOTIFY_BATCH = 0.01
 
     def __init__(
         self,
@@ -266,6 +271,7 @@ class WaitState:
         self.on_progress = on_progress
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.next_poll = 0.0
+        self.last_poll = 0.0
 
     def poll_due(self) -> bool:
         """True when the remaining ids should be queried now."""
@@ -279,13 +285,19 @@ class WaitState:
                 f"task(s) {', '.join(map(str, sorted(missing)))} do not exist or are not yours"
             )
         self._finish(done)
-        self.next_poll = time.monotonic() + self.poll_interval
+        self.last_poll = time.monotonic()
+        self.next_poll = self.last_poll + self.poll_interval
 
-    def notified(self, payload: str) -> None:
-        """Apply one notification's payload."""
+    def notified(self, payload: str) -> bool:
+        """Take one notification as a hint; True if it names a remaining id (poll soon)."""
         parts = payload.split()
-        if len(parts) == 2 and parts[0].isdigit() and parts[1] in TERMINAL:
-            self._finish({int(parts[0])})
+        if not (len(parts) == 2 and parts[0].isdigit() and parts[1] in TERMINAL):
+            return False
+        if int(parts[0]) not in self.remaining:
+            return False
+        soon = max(time.monotonic(), self.last_poll + self.NOTIFY_BATCH)
+        self.next_poll = min(self.next_poll, soon)
+        return True
 
     def _finish(self, done: set[int]) -> None:
         before = len(self.remaining)

@@ -150,9 +150,8 @@ class AsyncClient:
                 notes = conn.notifies(timeout=state.wait_time())
                 async with aclosing(notes):  # releases the connection's lock
                     async for note in notes:
-                        state.notified(note.payload)
-                        if not state.remaining:
-                            break
+                        if state.notified(note.payload):
+                            break  # poll to confirm: a notification proves nothing
         except psycopg.Error as exc:
             raise translate(exc) from exc
         finally:

@@ -140,9 +140,8 @@ class Client:
                 notes = conn.notifies(timeout=state.wait_time())
                 with closing(notes):  # releases the connection's lock
                     for note in notes:
-                        state.notified(note.payload)
-                        if not state.remaining:
-                            break
+                        if state.notified(note.payload):
+                            break  # poll to confirm: a notification proves nothing
         except psycopg.Error as exc:
             raise translate(exc) from exc
         finally:
