@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pg_background_queue.testing.cluster import conninfo, poll_until
+from pg_background_queue.testing.cluster import PollTimeout, conninfo, poll_until
 
 TERMINAL = ("finished", "failed", "cancelled")
 
@@ -79,21 +79,34 @@ def wait_tasks(
     *,
     dbname: str = "postgres",
 ) -> list[dict[str, Any]]:
-    """Poll until every task is in one of states; return their rows (by id)."""
+    """Poll until every task is in one of states; return their rows (by id).
+
+    On timeout the error shows the tasks still elsewhere and the extension's workers."""
     id_list = list(ids)
+    last: list[dict[str, Any]] = []
 
     def check() -> list[dict[str, Any]] | None:
-        rows = query(
+        nonlocal last
+        last = query(
             node,
             "SELECT * FROM pg_background_tasks WHERE id = ANY(%s) ORDER BY id",
             (id_list,),
             dbname=dbname,
         )
-        if len(rows) == len(id_list) and all(r["state"] in states for r in rows):
-            return rows
+        if len(last) == len(id_list) and all(r["state"] in states for r in last):
+            return last
         return None
 
-    return poll_until(check, timeout=timeout, message=f"tasks {id_list} did not reach {states}")
+    try:
+        return poll_until(check, timeout=timeout, message=f"tasks {id_list} did not reach {states}")
+    except AssertionError as exc:
+        behind = [
+            {k: r[k] for k in ("id", "state", "owner", "topic", "attempts", "worker_pid")}
+            for r in last
+            if r["state"] not in states
+        ]
+        workers = query(node, "SELECT * FROM pg_background_queue_workers", dbname=dbname)
+        raise PollTimeout(f"{exc}\nbehind: {behind}\nworkers: {workers}") from exc
 
 
 def set_config(node: Any, **settings: Any) -> None:
