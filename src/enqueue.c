@@ -573,7 +573,10 @@ pg_background_enqueue_many(PG_FUNCTION_ARGS)
  * pgbq_update_own_task
  *		Run an UPDATE on one task the caller may manage (a task of a role it
  *		has USAGE of, or any task for superusers) as the table owner.
- *		Returns the owner of the updated row, or InvalidOid.
+ *		Returns the owner of the updated row, or InvalidOid.  With
+ *		found_running, also tells whether the task is running now: read with
+ *		a new snapshot, since a claim that committed while the UPDATE waited
+ *		for the row is not visible to the statement's own.
  */
 static Oid
 pgbq_update_own_task(const PgbqCatalog *cat, const char *set_and_where,
@@ -608,7 +611,7 @@ pgbq_update_own_task(const PgbqCatalog *cat, const char *set_and_where,
 											"AND t.state = 'running' "
 											"AND pg_catalog.pg_has_role($2, t.owner, 'USAGE')",
 											cat->qualified_table),
-								   2, types, args, NULL, true, 1);
+								   2, types, args, NULL, false, 1);
 		*found_running = (rc == SPI_OK_SELECT && SPI_processed == 1);
 	}
 	SPI_finish();

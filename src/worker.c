@@ -111,6 +111,7 @@ static volatile sig_atomic_t pgbq_escalated = false;
 
 /* The task being run, and its topic's policy, for the exit callback. */
 static PgbqTask *pgbq_current_task = NULL;
+static volatile int64 pgbq_current_task_id = 0;
 static PgbqTopicPolicy pgbq_current_policy;
 
 /*
@@ -135,19 +136,36 @@ pgbq_worker_sigterm(SIGNAL_ARGS)
 }
 
 /*
+ * pgbq_cancel_requested
+ *		Has pg_background_cancel() asked our slot to cancel this task?  Read
+ *		without the lock (also from a signal handler): the canceller sets
+ *		the flag under the lock before it sends SIGINT.
+ */
+static bool
+pgbq_cancel_requested(int64 task_id)
+{
+	volatile PgbqSlot *me = &pgbq_shared->slots[pgbq_slotno];
+
+	return me->cancel_requested && me->task_id == task_id;
+}
+
+/*
  * pgbq_worker_sigint
- *		SIGINT (pg_background_cancel, pg_cancel_backend): a query cancel, as
- *		for any backend; while a task runs, the watchdog also starts
- *		counting.
+ *		SIGINT: a query cancel while a task runs (pg_background_cancel,
+ *		pg_cancel_backend, or the task's own statement_timeout or
+ *		lock_timeout); ignored between tasks, where a cancel request for the
+ *		next task is found in the slot when the task starts.  Only a cancel
+ *		by pg_background_cancel() starts the watchdog's count: a task may
+ *		catch its own timeouts and go on.
  */
 static void
 pgbq_worker_sigint(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	if (!proc_exit_inprogress)
+	if (pgbq_in_task && !proc_exit_inprogress)
 	{
-		if (pgbq_in_task)
+		if (pgbq_cancel_requested(pgbq_current_task_id))
 			pgbq_interrupted = true;
 		InterruptPending = true;
 		QueryCancelPending = true;
@@ -917,6 +935,7 @@ pgbq_run_task(PgbqTask *task)
 	pgbq_interrupted_ticks = 0;
 	pgbq_escalated = false;
 	pgbq_current_task = task;
+	pgbq_current_task_id = task->id;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -930,7 +949,9 @@ pgbq_run_task(PgbqTask *task)
 								 pgbq_current_policy.timeout_in_sec * 1000);
 		pgbq_enable_timeout_every(pgbq_watchdog_id, PGBQ_WATCHDOG_TICK_MS);
 		pgbq_in_task = true;
-		if (pgbq_got_sigterm)
+		/* a cancel or SIGTERM that came before the task started */
+		pg_memory_barrier();
+		if (pgbq_got_sigterm || pgbq_cancel_requested(task->id))
 		{
 			pgbq_interrupted = true;
 			InterruptPending = true;

@@ -211,6 +211,30 @@ def test_rolled_back_enqueue_never_runs(node: Any) -> None:
     assert [r["tag"] for r in query(node, "SELECT tag FROM rb")] == ["marker"]
 
 
+def test_cancel_right_after_enqueue_or_retry_is_never_lost(node: Any) -> None:
+    """pg_background_cancel() racing the claim (pending, being claimed, just started) always
+    returns true and the task always ends cancelled; a lost cancel would let it run 30 s."""
+    ids = []
+    with connect(node) as conn:
+
+        def call(sql: str, arg: Any) -> Any:
+            row = conn.execute(f"SELECT {sql}(%s) AS v", (arg,)).fetchone()
+            assert row is not None
+            return row["v"]
+
+        for i in range(40):
+            task_id = call("pg_background_enqueue", f"SELECT pg_sleep(30) -- {i}")
+            assert call("pg_background_cancel", task_id) is True
+            ids.append(task_id)
+        rows = wait_tasks(node, ids, timeout=20)
+        assert {r["state"] for r in rows} == {"cancelled"}
+        for task_id in ids[:10]:
+            assert call("pg_background_retry", task_id) is True
+            assert call("pg_background_cancel", task_id) is True
+    rows = wait_tasks(node, ids, timeout=20)
+    assert {r["state"] for r in rows} == {"cancelled"}
+
+
 def test_pickup_is_woken_at_commit(node: Any) -> None:
     # an idle worker exists after the first task; the next one starts at once
     first = enqueue(node, "SELECT 1")
