@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pg_background_queue.testing.cluster import PollTimeout, conninfo, poll_until
+from pg_background_queue.testing.cluster import PollTimeout, conninfo, poll_until, server_log
 
 TERMINAL = ("finished", "failed", "cancelled")
 
@@ -106,7 +106,10 @@ def wait_tasks(
             if r["state"] not in states
         ]
         workers = query(node, "SELECT * FROM pg_background_queue_workers", dbname=dbname)
-        raise PollTimeout(f"{exc}\nbehind: {behind}\nworkers: {workers}") from exc
+        log = "\n".join(server_log(node).splitlines()[-40:])
+        raise PollTimeout(
+            f"{exc}\nbehind: {behind}\nworkers: {workers}\nserver log (end):\n{log}"
+        ) from exc
 
 
 def set_config(node: Any, **settings: Any) -> None:
