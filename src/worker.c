@@ -92,6 +92,7 @@ static SPIPlanPtr pgbq_finish_plan = NULL;
 static SPIPlanPtr pgbq_next_eligible_plan = NULL;
 
 static volatile sig_atomic_t pgbq_got_sigterm = false;
+static volatile sig_atomic_t pgbq_self_terminated = false;
 static volatile sig_atomic_t pgbq_in_task = false;
 static volatile sig_atomic_t pgbq_timed_out = false;
 static TimeoutId pgbq_timeout_id;
@@ -115,25 +116,89 @@ static volatile int64 pgbq_current_task_id = 0;
 static PgbqTopicPolicy pgbq_current_policy;
 
 /*
- * pgbq_worker_sigterm
+ * pgbq_on_sigterm
  *		SIGTERM: stop after giving back the current task.  While a task runs,
- *		interrupt it with a query cancel so the worker regains control.
+ *		interrupt it with a query cancel so the worker regains control.  A
+ *		task that terminates its own worker (pg_terminate_backend of its
+ *		own pid, e.g. while terminating every session of its role) is not a
+ *		shutdown: giving it back would run it again forever, so its attempt
+ *		fails instead and the worker stays.
+ */
+static void
+pgbq_on_sigterm(bool from_self)
+{
+	if (pgbq_in_task)
+	{
+		if (from_self)
+			pgbq_self_terminated = true;
+		else
+			pgbq_got_sigterm = true;
+		pgbq_interrupted = true;
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
+	else if (!from_self)
+		pgbq_got_sigterm = true;
+	SetLatch(MyLatch);
+}
+
+#ifdef SA_SIGINFO
+/*
+ * pgbq_worker_sigterm
+ *		The SIGTERM handler, told who sent the signal.
+ */
+static void
+pgbq_worker_sigterm(int signo, siginfo_t *info, void *context)
+{
+	int			save_errno = errno;
+
+	(void) signo;
+	(void) context;
+	pgbq_on_sigterm(info != NULL && info->si_code == SI_USER &&
+					info->si_pid == MyProcPid);
+	errno = save_errno;
+}
+
+/*
+ * pgbq_install_sigterm
+ *		Install pgbq_worker_sigterm with the sender's identity.
+ */
+static void
+pgbq_install_sigterm(void)
+{
+	struct sigaction act;
+
+	memset(&act, 0, sizeof(act));
+	act.sa_sigaction = pgbq_worker_sigterm;
+	sigemptyset(&act.sa_mask);
+	act.sa_flags = SA_SIGINFO | SA_RESTART;
+	if (sigaction(SIGTERM, &act, NULL) != 0)
+		elog(FATAL, "could not install the SIGTERM handler: %m");
+}
+#else
+/*
+ * pgbq_worker_sigterm
+ *		The SIGTERM handler where the sender is not known.
  */
 static void
 pgbq_worker_sigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	pgbq_got_sigterm = true;
-	if (pgbq_in_task)
-	{
-		pgbq_interrupted = true;
-		InterruptPending = true;
-		QueryCancelPending = true;
-	}
-	SetLatch(MyLatch);
+	pgbq_on_sigterm(false);
 	errno = save_errno;
 }
+
+/*
+ * pgbq_install_sigterm
+ *		Install pgbq_worker_sigterm.
+ */
+static void
+pgbq_install_sigterm(void)
+{
+	pqsignal(SIGTERM, pgbq_worker_sigterm);
+}
+#endif
 
 /*
  * pgbq_cancel_requested
@@ -792,6 +857,8 @@ pgbq_classify_interrupt(PgbqTask *task, const PgbqTopicPolicy *policy,
 	*shutdown = false;
 	if (*cancelled)
 		return "task was cancelled by pg_background_cancel()";
+	if (pgbq_self_terminated)
+		return "task terminated its own worker (pg_terminate_backend)";
 	if (pgbq_timed_out)
 		return psprintf("task exceeded its timeout of %d s", policy->timeout_in_sec);
 	if (pgbq_got_sigterm)
@@ -905,6 +972,7 @@ pgbq_worker_before_exit(int code, Datum arg)
 					task->id, PGBQ_INTERRUPT_GRACE_MS),
 			 errdetail("The task caught the query cancel sent for %s.",
 					   cancelled ? "pg_background_cancel()" :
+					   pgbq_self_terminated ? "its own pg_terminate_backend()" :
 					   pgbq_timed_out ? "its topic's timeout" :
 					   shutdown ? "a shutdown or pg_terminate_backend()" :
 					   "a query cancel request")));
@@ -931,6 +999,7 @@ pgbq_run_task(PgbqTask *task)
 	pgbq_topic_policy(task->topic, &pgbq_current_policy);
 	MemoryContextReset(pgbq_task_ctx);
 	pgbq_timed_out = false;
+	pgbq_self_terminated = false;
 	pgbq_interrupted = false;
 	pgbq_interrupted_ticks = 0;
 	pgbq_escalated = false;
@@ -964,6 +1033,8 @@ pgbq_run_task(PgbqTask *task)
 		next = pgbq_finish_and_claim_next(task);
 		CommitTransactionCommand();
 		pgbq_current_task = NULL;
+		/* a cancel that came too late for the task is void */
+		QueryCancelPending = false;
 		RESUME_CANCEL_INTERRUPTS();
 	}
 	PG_CATCH();
@@ -1174,7 +1245,7 @@ pgbq_worker_main(Datum main_arg)
 
 	memcpy(&generation, MyBgworkerEntry->bgw_extra, sizeof(uint32));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, pgbq_worker_sigterm);
+	pgbq_install_sigterm();
 	pqsignal(SIGINT, pgbq_worker_sigint);
 	BackgroundWorkerUnblockSignals();
 

@@ -16,7 +16,11 @@ import pytest
 from core_helpers import enqueue, query, scalar, set_config, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
-TOPICS = {"crashy": {"retry_count": 2}, "held": {"max_parallel_running_tasks_count": 0}}
+TOPICS = {
+    "crashy": {"retry_count": 2},
+    "held": {"max_parallel_running_tasks_count": 0},
+    "once": {"retry_count": 0},
+}
 
 # Sleeps until the test creates table public.go, then finishes quickly; its
 # INSERT commits only together with the task's finished mark.
@@ -132,6 +136,18 @@ def test_clean_shutdown_burns_no_attempt(node: Any) -> None:
     for t in held:  # queued work is still there, untouched
         assert (task(node, t)["state"], task(node, t)["attempts"]) == ("pending", 0)
     assert scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE state = 'running'") == 0
+
+
+def test_task_terminating_its_own_worker_fails_instead_of_looping(node: Any) -> None:
+    """pg_terminate_backend() of the task's own worker is not a shutdown: given back, the task
+    would run again forever; its attempt fails and the worker carries on."""
+    t = enqueue(node, "SELECT pg_terminate_backend(pg_backend_pid()); SELECT pg_sleep(10)", "once")
+    (row,) = wait_tasks(node, [t], timeout=8)
+    assert (row["state"], row["attempts"]) == ("failed", 1)
+    assert "terminated its own worker" in row["error_history"][0]["message"]
+    after = enqueue(node, "SELECT 1")
+    (done,) = wait_tasks(node, [after])
+    assert done["state"] == "finished"
 
 
 def test_launcher_comes_back_after_termination(node: Any) -> None:
