@@ -332,14 +332,18 @@ pgbq_make_room(Oid dboid, Oid roleoid)
 
 	/*
 	 * Prefer a worker with nothing scheduled, else the one whose delayed
-	 * work is due last; it hands its wake-up time over when it leaves.
+	 * work is due last; it hands its wake-up time over when it leaves.  A
+	 * worker started or woken for announced work that it has not looked
+	 * for yet is spoken for: evicted, it would leave without that work, and
+	 * nobody would announce it again.
 	 */
 	for (i = 0; i < pgbq_shared->nslots; i++)
 	{
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->state != PGBQ_SLOT_IDLE || s->kind != PGBQ_KIND_TASK ||
-			s->exit_requested || (s->dboid == dboid && s->roleoid == roleoid))
+			s->exit_requested || s->woken ||
+			(s->dboid == dboid && s->roleoid == roleoid))
 			continue;
 		if (victim == NULL ||
 			(victim->wake_at != 0 && (s->wake_at == 0 || s->wake_at > victim->wake_at)))

@@ -224,3 +224,25 @@ def test_topics_view_merges_json_over_gucs(node: Any) -> None:
     assert rows["urgent"]["priority"] == 1
     assert rows[None]["max_parallel_running_tasks_count"] == 3
     assert rows[None]["priority"] == 100
+
+
+def test_eviction_never_strands_a_role_under_the_cap() -> None:
+    """Six roles competing for two worker slots, a burst at a time: the launcher evicts idle
+    workers of other roles to make room, and must never evict a worker started for work it
+    has not looked at yet (that work would stay pending with nobody to announce it)."""
+    roles = [f"evict{i}" for i in range(6)]
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 2,
+            "pg_background_queue.worker_idle_timeout": "60s",
+        }
+    )
+    try:
+        for role in roles:
+            make_role(n, role)
+        for _ in range(10):
+            ids = [enqueue(n, "SELECT pg_sleep(0.05)", user=r) for r in roles + roles[::-1]]
+            rows = wait_tasks(n, ids, timeout=20)
+            assert {r["state"] for r in rows} == {"finished"}
+    finally:
+        destroy_node(n)
