@@ -12,6 +12,9 @@
  * it after marking the task finished, so for transactional statements the
  * effects and the finished mark commit together.
  *
+ * statement_timeout applies to each statement, as in a client session; the
+ * task's topic timeout (worker.c) covers the whole attempt.
+ *
  * Parse and plan trees live in the caller's memory context, not in a
  * transaction context, because statements such as VACUUM commit and start
  * transactions while we still walk the list.
@@ -30,6 +33,7 @@
 #include "parser/analyze.h"
 #include "pgstat.h"
 #include "storage/lock.h"
+#include "storage/proc.h"
 #include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
@@ -37,6 +41,7 @@
 #include "utils/portal.h"
 #include "utils/ps_status.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 
 #include "compat.h"
 #include "pgbq.h"
@@ -73,6 +78,14 @@ pgbq_execute_sql(const char *sql)
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(ctx);
 
+		/*
+		 * statement_timeout (the role's or database's default, or SET by an
+		 * earlier statement of the script) covers each statement, as for a
+		 * client's simple query.
+		 */
+		if (StatementTimeout > 0)
+			enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
+
 		commandTag = CreateCommandTag(parsetree->stmt);
 		set_ps_display(GetCommandTagName(commandTag));
 
@@ -99,6 +112,7 @@ pgbq_execute_sql(const char *sql)
 		(void) PortalRun(portal, FETCH_ALL, true, true, receiver, receiver, &qc);
 		receiver->rDestroy(receiver);
 		PortalDrop(portal, false);
+		disable_timeout(STATEMENT_TIMEOUT, false);
 
 		/* Later statements of the script see this one's effects. */
 		if (lnext(parsetree_list, lc) != NULL)

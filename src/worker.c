@@ -922,19 +922,22 @@ pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 
 /*
  * pgbq_stop_task_timers
- *		The task is over (or being given up): no more timeout or watchdog.
+ *		The task is over (or being given up): no more timeout, watchdog or
+ *		statement_timeout.
  */
 static void
 pgbq_stop_task_timers(void)
 {
-	DisableTimeoutParams timers[2];
+	DisableTimeoutParams timers[3];
 
 	pgbq_in_task = false;
 	timers[0].id = pgbq_timeout_id;
 	timers[0].keep_indicator = false;
 	timers[1].id = pgbq_watchdog_id;
 	timers[1].keep_indicator = false;
-	disable_timeouts(timers, 2);
+	timers[2].id = STATEMENT_TIMEOUT;	/* if a statement failed */
+	timers[2].keep_indicator = false;
+	disable_timeouts(timers, 3);
 }
 
 /*

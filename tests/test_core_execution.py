@@ -146,6 +146,44 @@ def test_multi_statement_task_is_all_or_nothing(node: Any) -> None:
     assert scalar(node, "SELECT count(*) FROM atom") == 2
 
 
+def test_statement_timeout_applies_to_each_statement(node: Any) -> None:
+    """statement_timeout works as in a client session: SET by the script or the role's
+    default, per statement; a task may catch it and go on (it is not the queue's
+    interrupt, so the watchdog leaves the worker alone)."""
+    query(node, "CREATE TABLE st (tag text)")
+    query(node, "GRANT ALL ON st TO PUBLIC")
+    make_role(node, "timid")
+    query(node, "ALTER ROLE timid SET statement_timeout = '300ms'")
+    scripted = enqueue(node, "SET statement_timeout = '200ms'; SELECT pg_sleep(5)")
+    by_role = enqueue(node, "SELECT pg_sleep(5)", user="timid")
+    each = enqueue(
+        node,
+        "SET statement_timeout = '400ms'; SELECT pg_sleep(0.3); SELECT pg_sleep(0.3); "
+        "INSERT INTO public.st VALUES ('each')",
+    )
+    caught = enqueue(
+        node,
+        "SET statement_timeout = '100ms'; DO $$ DECLARE t0 timestamptz := clock_timestamp(); "
+        "BEGIN BEGIN PERFORM pg_sleep(5); EXCEPTION WHEN query_canceled THEN NULL; END; "
+        "WHILE clock_timestamp() < t0 + interval '1.2 s' LOOP PERFORM 1; END LOOP; "
+        "INSERT INTO public.st VALUES ('caught'); END $$",
+    )
+    rows = {r["id"]: r for r in wait_tasks(node, [scripted, by_role, each, caught], timeout=20)}
+    for t in (scripted, by_role):
+        assert rows[t]["state"] == "failed"
+        (err,) = rows[t]["error_history"]
+        assert (err["sqlstate"], err["message"]) == (
+            "57014",
+            "canceling statement due to statement timeout",
+        )
+    assert rows[each]["state"] == "finished"
+    assert rows[caught]["state"] == "finished"
+    assert sorted(r["tag"] for r in query(node, "SELECT tag FROM st")) == ["caught", "each"]
+    # the bookkeeping is not subject to the role's statement_timeout
+    after = enqueue(node, "SELECT 1", user="timid")
+    assert wait_tasks(node, [after])[0]["state"] == "finished"
+
+
 def test_deferred_constraint_failure_rolls_back_finish(node: Any) -> None:
     query(
         node,
