@@ -1099,6 +1099,7 @@ pgbq_settle_demand(uint64 seq, TimestampTz next_eligible, bool exiting)
 	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
 	PgbqDemand *d;
 	bool		settled = true;
+	bool		unmet;
 
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 	d = pgbq_demand_lookup(me->dboid, me->roleoid, exiting && next_eligible != 0);
@@ -1116,7 +1117,15 @@ pgbq_settle_demand(uint64 seq, TimestampTz next_eligible, bool exiting)
 	}
 	if (settled && exiting)
 		me->exit_requested = true;	/* no more wake-ups for us */
+	unmet = pgbq_shared->unmet_demand;
 	LWLockRelease(pgbq_shared->lock);
+
+	/*
+	 * An idle worker can now be evicted to make room for another role's
+	 * work that is waiting for a slot (see pgbq_make_room).
+	 */
+	if (settled && unmet)
+		pgbq_wake_launcher();
 	return settled;
 }
 
