@@ -764,11 +764,13 @@ pgbq_hand_over_wakeup(void)
 }
 
 /*
- * pgbq_give_back_standalone
- *		Give a claimed but not started task back, in its own transaction.
+ * pgbq_begin_bookkeeping
+ *		Start a transaction to record what became of a claimed task; returns
+ *		whether its task table still exists (DROP EXTENSION may have taken
+ *		it, and the row with it).
  */
-static void
-pgbq_give_back_standalone(PgbqTask *task)
+static bool
+pgbq_begin_bookkeeping(PgbqTask *task)
 {
 	bool		alive;
 
@@ -780,6 +782,19 @@ pgbq_give_back_standalone(PgbqTask *task)
 	alive = pgbq_task_table_alive(task);
 	SPI_finish();
 	PopActiveSnapshot();
+	return alive;
+}
+
+/*
+ * pgbq_give_back_standalone
+ *		Give a claimed but not started task back, in its own transaction.
+ */
+static void
+pgbq_give_back_standalone(PgbqTask *task)
+{
+	bool		alive;
+
+	alive = pgbq_begin_bookkeeping(task);
 	if (alive)
 		pgbq_give_back(task);
 	else
@@ -880,14 +895,7 @@ pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 	PgbqTask   *next = NULL;
 	bool		alive;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	alive = pgbq_task_table_alive(task);
-	SPI_finish();
-	PopActiveSnapshot();
+	alive = pgbq_begin_bookkeeping(task);
 	if (!alive)
 	{
 		/* DROP EXTENSION: the row is gone, nothing to record */

@@ -798,13 +798,23 @@ def test_forged_notification_does_not_end_a_wait(env: Env) -> None:
             forger.join()
 
 
-def test_drop_extension_by_a_non_owner_disturbs_no_one(env: Env) -> None:
-    node = env.node
+RUNNING_VICTIM = (
+    "SELECT worker_pid, started_at, attempts FROM pg_background_tasks "
+    "WHERE id = %s AND state = 'running'"
+)
+
+
+def running_victim(node: Any) -> tuple[int, list[dict[str, Any]]]:
+    """A long task of b, once running: its id and its running row (pid, start, attempts)."""
     victim = int(scalar(node, "SELECT pg_background_enqueue('SELECT pg_sleep(20) -- victim', "
                               "'b-long')", user="b"))  # fmt: skip
-    running = "SELECT worker_pid, started_at, attempts FROM pg_background_tasks " \
-              "WHERE id = %s AND state = 'running'"  # fmt: skip
-    before = poll_until(lambda: query(node, running, (victim,)), timeout=30)
+    before = poll_until(lambda: query(node, RUNNING_VICTIM, (victim,)), timeout=30)
+    return victim, before
+
+
+def test_drop_extension_by_a_non_owner_disturbs_no_one(env: Env) -> None:
+    node = env.node
+    victim, before = running_victim(node)
     with connect(node, user="a", autocommit=False) as holder:
         holder.execute("SELECT count(*) FROM pg_background_tasks")  # ACCESS SHARE, held
         with connect(node, user="c") as c:
@@ -815,18 +825,14 @@ def test_drop_extension_by_a_non_owner_disturbs_no_one(env: Env) -> None:
             except psycopg.Error as exc:
                 got = exc.sqlstate or "no SQLSTATE"
         holder.rollback()
-    after = query(node, running, (victim,))
+    after = query(node, RUNNING_VICTIM, (victim,))
     scalar(node, "SELECT pg_background_cancel(%s)", (victim,), user="b")
     assert (got, after) == ("42501", before)
 
 
 def test_drop_database_by_a_non_owner_disturbs_no_one(env: Env) -> None:
     node = env.node
-    victim = int(scalar(node, "SELECT pg_background_enqueue('SELECT pg_sleep(20) -- victim', "
-                              "'b-long')", user="b"))  # fmt: skip
-    running = "SELECT worker_pid, started_at, attempts FROM pg_background_tasks " \
-              "WHERE id = %s AND state = 'running'"  # fmt: skip
-    before = poll_until(lambda: query(node, running, (victim,)), timeout=30)
+    victim, before = running_victim(node)
     with connect(node, user="c", dbname="template1") as c:
         try:
             c.execute("DROP DATABASE postgres")
@@ -835,7 +841,7 @@ def test_drop_database_by_a_non_owner_disturbs_no_one(env: Env) -> None:
             got = exc.sqlstate or "no SQLSTATE"
 
     def changed() -> tuple[Any] | None:
-        now = query(node, running, (victim,))
+        now = query(node, RUNNING_VICTIM, (victim,))
         return (now,) if now != before else None
 
     try:  # watch for 2 s: a SIGTERMed worker gives its task back within milliseconds
