@@ -33,6 +33,15 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# A server built with a newer compiler may record warning flags in CFLAGS that
+# this compiler does not know (PostgreSQL 18 built with clang or gcc 14 adds
+# -Wmissing-variable-declarations; gcc 12 rejects it).  Drop each such flag
+# after asking the compiler, so the build works with the system's gcc.
+PGBQ_MAYBE_UNKNOWN_FLAGS = -Wmissing-variable-declarations
+PGBQ_UNKNOWN_FLAGS := $(foreach f,$(filter $(PGBQ_MAYBE_UNKNOWN_FLAGS),$(CFLAGS)),\
+	$(if $(shell $(CC) -Werror $(f) -E -x c /dev/null >/dev/null 2>&1 && echo ok),,$(f)))
+override CFLAGS := $(filter-out $(PGBQ_UNKNOWN_FLAGS),$(CFLAGS))
+
 # every object depends on the shared headers (PGXS does not track them)
 $(OBJS): src/pgbq.h src/compat.h
 

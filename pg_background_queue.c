@@ -59,7 +59,6 @@ static bool pgbq_drop_callbacks_registered = false;
 static bool pgbq_drop_nudged = false;	/* workers asked to leave before it */
 static int	pgbq_drop_nudge_level = 0;
 
-#ifdef PGBQ_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 
 /*
@@ -73,7 +72,6 @@ pgbq_shmem_request(void)
 		prev_shmem_request_hook();
 	pgbq_require_shmem();
 }
-#endif
 
 /*
  * pgbq_shmem_startup
@@ -291,7 +289,10 @@ pgbq_make_way_for_drop(void)
  *		not be able to interrupt other roles' tasks by trying.
  */
 static void
-pgbq_process_utility(PGBQ_UTILITY_HOOK_ARGS)
+pgbq_process_utility(PlannedStmt *pstmt, const char *queryString,
+					 bool readOnlyTree, ProcessUtilityContext context,
+					 ParamListInfo params, QueryEnvironment *queryEnv,
+					 DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 
@@ -313,9 +314,9 @@ pgbq_process_utility(PGBQ_UTILITY_HOOK_ARGS)
 			pgbq_make_way_for_drop();
 	}
 	if (prev_ProcessUtility)
-		prev_ProcessUtility(PGBQ_UTILITY_HOOK_PASS);
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	else
-		standard_ProcessUtility(PGBQ_UTILITY_HOOK_PASS);
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 }
 
 /*
@@ -331,12 +332,8 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
-#ifdef PGBQ_HAVE_SHMEM_REQUEST_HOOK
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = pgbq_shmem_request;
-#else
-	pgbq_require_shmem();
-#endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = pgbq_shmem_startup;
 	prev_ProcessUtility = ProcessUtility_hook;

@@ -1,8 +1,22 @@
 /*-------------------------------------------------------------------------
  *
  * compat.h
- *	  Version shims for PostgreSQL 13 to 17, kept in one place so that the
- *	  rest of the code reads as if written for a single server version.
+ *	  Version shims, kept in one place so that the rest of the code reads as
+ *	  if written for a single server version.
+ *
+ * Supported: PostgreSQL 15 to 18.  Tested (CI): 15, 16 and 18.  17 is covered
+ * by the guards below (every difference is keyed on the release that
+ * introduced it, and 17's own changes, such as the JSON lexer argument and
+ * BGWORKER_BYPASS_ROLELOGINCHECK, are among them) but no PostgreSQL 17 with
+ * server headers can be had on the build machines, so it is untested.  14
+ * reached end of life in November 2026 and is not supported.
+ *
+ * Differences by release:
+ *	16: JSON semantic actions return JsonParseErrorType; object_ownercheck();
+ *		GUC "extra" lives in GUC memory (guc_malloc), not malloc.
+ *	17: makeJsonLexContextCstringLen() takes the context to initialise;
+ *		background workers may connect as roles without LOGIN.
+ *	18: PortalRun() lost run_once.
  *
  *-------------------------------------------------------------------------
  */
@@ -15,27 +29,8 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
-#if PG_VERSION_NUM < 130000
-#error "pg_background_queue requires PostgreSQL 13 or later"
-#endif
-
-/* Parse analysis with no parameters (renamed in 15). */
-#if PG_VERSION_NUM >= 150000
-#define pgbq_analyze_and_rewrite(raw, sql) \
-	pg_analyze_and_rewrite_fixedparams((raw), (sql), NULL, 0, NULL)
-#else
-#define pgbq_analyze_and_rewrite(raw, sql) \
-	pg_analyze_and_rewrite((raw), (sql), NULL, 0, NULL)
-#endif
-
-/* Reserving our GUC prefix (15 renamed the function). */
 #if PG_VERSION_NUM < 150000
-#define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
-#endif
-
-/* 15 added a separate hook for shared memory requests. */
-#if PG_VERSION_NUM >= 150000
-#define PGBQ_HAVE_SHMEM_REQUEST_HOOK 1
+#error "pg_background_queue requires PostgreSQL 15 or later"
 #endif
 
 /* JSON semantic actions return an error code from 16 on. */
@@ -69,23 +64,6 @@
 #define PGBQ_REQUIRE_ROLE_LOGIN true
 #endif
 
-/* ProcessUtility_hook gained readOnlyTree in 14. */
-#if PG_VERSION_NUM >= 140000
-#define PGBQ_UTILITY_HOOK_ARGS \
-	PlannedStmt *pstmt, const char *queryString, bool readOnlyTree, \
-	ProcessUtilityContext context, ParamListInfo params, \
-	QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc
-#define PGBQ_UTILITY_HOOK_PASS \
-	pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc
-#else
-#define PGBQ_UTILITY_HOOK_ARGS \
-	PlannedStmt *pstmt, const char *queryString, \
-	ProcessUtilityContext context, ParamListInfo params, \
-	QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc
-#define PGBQ_UTILITY_HOOK_PASS \
-	pstmt, queryString, context, params, queryEnv, dest, qc
-#endif
-
 /* Ownership checks became one generic function in 16. */
 #if PG_VERSION_NUM >= 160000
 #define pgbq_database_ownercheck(dboid) \
@@ -100,17 +78,26 @@
 #endif
 
 /*
- * A repeating timeout (14 added it; before, the handler arms the next tick
- * itself, which PostgreSQL's timeout code allows from within a handler).
+ * GUC check hooks: from 16 on, "extra" (and a replaced string value) belongs
+ * to the GUC memory context and is freed with guc_free(), which is pfree();
+ * before 16 it is malloc'd memory freed with free().  Allocating it with
+ * malloc() on 16+ crashes the next reload ("pfree called with invalid
+ * pointer").  guc_malloc(LOG, ...) returns NULL on out-of-memory, as malloc
+ * does.
  */
-#if PG_VERSION_NUM >= 140000
-#define pgbq_enable_timeout_every(id, ms) \
-	enable_timeout_every((id), \
-						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (ms)), (ms))
-#define PGBQ_TIMEOUT_REARM(id, ms) ((void) 0)
+#if PG_VERSION_NUM >= 160000
+#define pgbq_guc_malloc(size) guc_malloc(LOG, (size))
 #else
-#define pgbq_enable_timeout_every(id, ms) enable_timeout_after((id), (ms))
-#define PGBQ_TIMEOUT_REARM(id, ms) enable_timeout_after((id), (ms))
+#define pgbq_guc_malloc(size) malloc(size)
+#endif
+
+/* 18 dropped PortalRun's run_once argument (it was always true). */
+#if PG_VERSION_NUM >= 180000
+#define pgbq_portal_run(portal, count, top, dest, altdest, qc) \
+	PortalRun((portal), (count), (top), (dest), (altdest), (qc))
+#else
+#define pgbq_portal_run(portal, count, top, dest, altdest, qc) \
+	PortalRun((portal), (count), (top), true, (dest), (altdest), (qc))
 #endif
 
 #endif							/* PGBQ_COMPAT_H */

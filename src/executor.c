@@ -94,7 +94,8 @@ pgbq_execute_sql(const char *sql)
 			PushActiveSnapshot(GetTransactionSnapshot());
 			snapshot_set = true;
 		}
-		querytree_list = pgbq_analyze_and_rewrite(parsetree, sql);
+		querytree_list = pg_analyze_and_rewrite_fixedparams(parsetree, sql,
+															NULL, 0, NULL);
 		plantree_list = pg_plan_queries(querytree_list, sql,
 										CURSOR_OPT_PARALLEL_OK, NULL);
 		if (snapshot_set)
@@ -109,7 +110,7 @@ pgbq_execute_sql(const char *sql)
 		PortalSetResultFormat(portal, 1, &format);
 
 		receiver = CreateDestReceiver(DestNone);
-		(void) PortalRun(portal, FETCH_ALL, true, true, receiver, receiver, &qc);
+		(void) pgbq_portal_run(portal, FETCH_ALL, true, receiver, receiver, &qc);
 		receiver->rDestroy(receiver);
 		PortalDrop(portal, false);
 		disable_timeout(STATEMENT_TIMEOUT, false);

@@ -85,7 +85,7 @@ static const char *const pgbq_topic_key_names[] = {
 typedef struct PgbqParseState
 {
 	int			depth;
-	PgbqTopicConfig *config;	/* palloc'd, copied to malloc on success */
+	PgbqTopicConfig *config;	/* palloc'd, copied to GUC memory on success */
 	PgbqTopicEntry *current;
 	PgbqTopicKey key;
 	char		keyname[NAMEDATALEN];
@@ -427,7 +427,7 @@ pgbq_check_topic_config(char **newval, void **extra, GucSource source)
 	{
 		size = offsetof(PgbqTopicConfig, topics) +
 			sizeof(PgbqTopicEntry) * st.config->ntopics;
-		result = (PgbqTopicConfig *) malloc(size);
+		result = (PgbqTopicConfig *) pgbq_guc_malloc(size);
 		if (result == NULL)
 		{
 			GUC_check_errdetail("out of memory");

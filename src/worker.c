@@ -266,7 +266,6 @@ pgbq_watchdog_handler(void)
 {
 	if (!pgbq_in_task)
 		return;
-	PGBQ_TIMEOUT_REARM(pgbq_watchdog_id, PGBQ_WATCHDOG_TICK_MS);
 	if (!pgbq_interrupted || pgbq_escalated)
 		return;
 	pgbq_interrupted_ticks++;
@@ -1027,7 +1026,10 @@ pgbq_run_task(PgbqTask *task)
 		if (pgbq_current_policy.timeout_in_sec > 0)
 			enable_timeout_after(pgbq_timeout_id,
 								 pgbq_current_policy.timeout_in_sec * 1000);
-		pgbq_enable_timeout_every(pgbq_watchdog_id, PGBQ_WATCHDOG_TICK_MS);
+		enable_timeout_every(pgbq_watchdog_id,
+							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 PGBQ_WATCHDOG_TICK_MS),
+							 PGBQ_WATCHDOG_TICK_MS);
 		pgbq_in_task = true;
 		/* a cancel or SIGTERM that came before the task started */
 		pg_memory_barrier();
