@@ -42,6 +42,21 @@ PGBQ_UNKNOWN_FLAGS := $(foreach f,$(filter $(PGBQ_MAYBE_UNKNOWN_FLAGS),$(CFLAGS)
 	$(if $(shell $(CC) -Werror $(f) -E -x c /dev/null >/dev/null 2>&1 && echo ok),,$(f)))
 override CFLAGS := $(filter-out $(PGBQ_UNKNOWN_FLAGS),$(CFLAGS))
 
+# PGBQ_TEST_DRIVERS=DIR runs pg_regress and pg_isolation_regress from DIR (the
+# pgxs/src/test directory of another installation) against this installation's
+# server, initdb and psql.  Both are client programs.  The PostgreSQL 18.4 wheel
+# CI uses ships drivers that crash in the dynamic loader; its 16.14 twin's work.
+ifdef PGBQ_TEST_DRIVERS
+pg_regress_installcheck = \
+	echo "\# +++ regress install-check (drivers: $(PGBQ_TEST_DRIVERS)) +++" && \
+	$(PGBQ_TEST_DRIVERS)/regress/pg_regress --inputdir=$(srcdir) --bindir='$(bindir)' \
+	$(pg_regress_locale_flags) $(EXTRA_REGRESS_OPTS)
+pg_isolation_regress_installcheck = \
+	echo "\# +++ isolation install-check (drivers: $(PGBQ_TEST_DRIVERS)) +++" && \
+	$(PGBQ_TEST_DRIVERS)/isolation/pg_isolation_regress --inputdir=$(srcdir) \
+	--outputdir=output_iso --bindir='$(bindir)' $(pg_regress_locale_flags) $(EXTRA_REGRESS_OPTS)
+endif
+
 # every object depends on the shared headers (PGXS does not track them)
 $(OBJS): src/pgbq.h src/compat.h
 

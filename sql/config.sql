@@ -35,9 +35,15 @@ SELECT format('ALTER SYSTEM SET pg_background_queue.topic_config = %L',
 ALTER SYSTEM SET pg_background_queue.retry_count = -1;
 ALTER SYSTEM SET pg_background_queue.delay_in_sec = -1;
 ALTER SYSTEM SET pg_background_queue.max_parallel_running_tasks_count = 100000;
+-- (PostgreSQL words these two differently from release to release: the
+-- unit in the range; only the SQLSTATE is shown)
+\set VERBOSITY sqlstate
 ALTER SYSTEM SET pg_background_queue.timeout_in_sec = -5;
 ALTER SYSTEM SET pg_background_queue.worker_idle_timeout = 0;
-ALTER SYSTEM SET pg_background_queue.no_such_setting = 1;
+\set VERBOSITY default
+-- an unknown name under our (reserved) prefix is refused (ALTER SYSTEM's
+-- SQLSTATE for it changed in 18, SET's did not)
+SET pg_background_queue.no_such_setting = 1;
 
 -- reload-time parameters cannot be SET in a session
 SET pg_background_queue.topic_config = '{}';

@@ -41,6 +41,11 @@ LANGUAGE sql AS $$
 	 WHERE d.refclassid = 'pg_extension'::regclass
 	   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_background_queue')
 	   AND d.deptype = 'e'
+	   -- row and array types follow their table, view or enum (and are
+	   -- listed as members only from PostgreSQL 17 on)
+	   AND NOT EXISTS (SELECT 1 FROM pg_type t
+					   WHERE d.classid = 'pg_type'::regclass AND t.oid = d.objid
+						 AND (t.typrelid <> 0 OR t.typcategory = 'A'))
 $$;
 
 DROP EXTENSION pg_background_queue;
