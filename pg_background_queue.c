@@ -341,5 +341,14 @@ _PG_init(void)
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = pgbq_object_access;
 
+	/*
+	 * pg_upgrade starts the old and the new cluster in binary-upgrade mode
+	 * (postmaster -b): the old one's files are about to be copied and the
+	 * new one's catalogs are being restored, so no task may run in either.
+	 * Tasks stay as they are and run once the upgraded cluster starts.
+	 */
+	if (IsBinaryUpgrade)
+		return;
+
 	pgbq_register_launcher();
 }

@@ -199,6 +199,7 @@ def test_standby_runs_nothing_and_promotion_resumes_the_queue(node: Any) -> None
         destroy_node(replica)
 
 
+@pytest.mark.pg_cron
 def test_ensure_workers_from_a_real_pg_cron_job() -> None:
     n = make_node(cron=True)
     try:

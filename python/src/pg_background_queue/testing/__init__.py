@@ -8,10 +8,13 @@ must run as an unprivileged OS user (PostgreSQL refuses to run as root); only
 from pg_background_queue.testing.build import (
     build_and_install,
     extension_installed,
+    pg_config_path,
     pg_config_value,
+    pg_cron_installed,
     pg_isolation_regress_path,
     pg_regress_path,
     repo_root,
+    server_version_num,
 )
 from pg_background_queue.testing.cluster import (
     PollTimeout,
@@ -31,7 +34,9 @@ __all__ = [
     "extension_installed",
     "make_installcheck",
     "make_node",
+    "pg_config_path",
     "pg_config_value",
+    "pg_cron_installed",
     "pg_isolation_regress_path",
     "pg_regress_path",
     "poll_until",
@@ -40,4 +45,5 @@ __all__ = [
     "repo_root",
     "run_pg_regress",
     "server_log",
+    "server_version_num",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,11 +34,19 @@ def repo_root(start: Path | None = None) -> Path:
 
 
 def pg_config_path(pg_config: str | None = None) -> str:
-    """Return the pg_config to use: the argument, ``$PG_CONFIG``, ``pg_config`` on PATH, or
-    ``/usr/bin/pg_config``."""
-    return (
-        pg_config or os.environ.get("PG_CONFIG") or shutil.which("pg_config") or DEFAULT_PG_CONFIG
-    )
+    """Return the pg_config to use, which picks the PostgreSQL server under test.
+
+    In order: the argument, ``$PG_CONFIG``, ``$PG_BIN/pg_config`` (testgres's own variable),
+    ``pg_config`` on PATH, ``/usr/bin/pg_config``.
+    """
+    if pg_config:
+        return pg_config
+    if os.environ.get("PG_CONFIG"):
+        return os.environ["PG_CONFIG"]
+    pg_bin = os.environ.get("PG_BIN")
+    if pg_bin and (Path(pg_bin) / "pg_config").is_file():
+        return str(Path(pg_bin) / "pg_config")
+    return shutil.which("pg_config") or DEFAULT_PG_CONFIG
 
 
 @functools.cache
@@ -56,15 +65,43 @@ def bindir(pg_config: str | None = None) -> Path:
     return Path(pg_config_value("--bindir", pg_config))
 
 
+def server_version_num(pg_config: str | None = None) -> int:
+    """``server_version_num`` of the installation, from ``pg_config --version``
+    (``PostgreSQL 16.14`` -> 160014, ``PostgreSQL 18beta1`` -> 180000)."""
+    text = pg_config_value("--version", pg_config).split()[-1]
+    match = re.match(r"(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        raise ValueError(f"cannot read a version from pg_config --version: {text!r}")
+    return int(match.group(1)) * 10000 + int(match.group(2) or 0)
+
+
+def _test_drivers(pg_config: str | None) -> Path:
+    """Directory holding ``regress/pg_regress`` and ``isolation/pg_isolation_regress``.
+
+    ``$PGBQ_TEST_DRIVERS`` (the ``pgxs/src/test`` directory of another installation) wins: the
+    drivers are client programs, and the PostgreSQL 18.4 wheel's own crash at load.
+    """
+    override = os.environ.get("PGBQ_TEST_DRIVERS")
+    if override:
+        return Path(override)
+    return Path(pg_config_value("--pkglibdir", pg_config)) / "pgxs/src/test"
+
+
 def pg_regress_path(pg_config: str | None = None) -> Path:
-    """Path of PGXS's ``pg_regress``."""
-    return Path(pg_config_value("--pkglibdir", pg_config)) / "pgxs/src/test/regress/pg_regress"
+    """Path of PGXS's ``pg_regress`` (see :func:`_test_drivers`)."""
+    return _test_drivers(pg_config) / "regress/pg_regress"
 
 
 def pg_isolation_regress_path(pg_config: str | None = None) -> Path:
     """Path of PGXS's ``pg_isolation_regress`` (``isolationtester`` sits next to it)."""
-    pkglibdir = Path(pg_config_value("--pkglibdir", pg_config))
-    return pkglibdir / "pgxs/src/test/isolation/pg_isolation_regress"
+    return _test_drivers(pg_config) / "isolation/pg_isolation_regress"
+
+
+def pg_cron_installed(pg_config: str | None = None) -> bool:
+    """True when pg_cron is installed for this PostgreSQL (here only Debian's 15 has it)."""
+    lib = Path(pg_config_value("--pkglibdir", pg_config)) / "pg_cron.so"
+    control = Path(pg_config_value("--sharedir", pg_config)) / "extension" / "pg_cron.control"
+    return lib.is_file() and control.is_file()
 
 
 def extension_installed(pg_config: str | None = None) -> bool:

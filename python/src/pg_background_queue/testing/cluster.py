@@ -81,6 +81,8 @@ def make_node(
     create_extension: bool | None = None,
     dbname: str = "postgres",
     pg_config: str | None = None,
+    initdb_extra: Sequence[str] = (),
+    start: bool = True,
 ) -> Any:
     """Create, configure and start a testgres node; return it (a ``testgres.PostgresNode``).
 
@@ -88,7 +90,11 @@ def make_node(
     pg_cron, running its jobs in ``dbname``, which is created if it is not ``postgres``;
     pg_cron connects through the node's Unix socket). ``create_extension`` (default: ``preload``)
     runs ``CREATE EXTENSION`` in ``dbname`` (pg_cron's too when ``cron``). ``extra_conf`` is
-    appended last: a mapping of settings or raw ``postgresql.conf`` text.
+    appended last: a mapping of settings or raw ``postgresql.conf`` text. ``pg_config``
+    picks the PostgreSQL installation (default: ``$PG_CONFIG``, see ``pg_config_path``);
+    ``initdb_extra`` adds initdb options (e.g. ``--no-data-checksums``, which 18 needs to
+    match an older cluster); ``start=False`` leaves the node initialised and configured
+    but stopped (nothing is created in it), e.g. as a ``pg_upgrade`` target.
 
     The caller owns the node: stop and remove it with :func:`destroy_node` (or use it as a
     context manager). On any failure here the node is removed before the error propagates.
@@ -96,7 +102,9 @@ def make_node(
     configure_testgres()
     node = testgres.get_new_node(name, port=port, bin_dir=str(bindir(pg_config)))
     try:
-        node.init(initdb_params=["--encoding=UTF8", "--locale=C"], log_statement="none")
+        node.init(
+            initdb_params=["--encoding=UTF8", "--locale=C", *initdb_extra], log_statement="none"
+        )
         socket_dir = str(node.base_dir)
         conf: dict[str, ConfValue] = {**BASE_CONF, "unix_socket_directories": socket_dir}
         libraries = ([EXTENSION] if preload else []) + (["pg_cron"] if cron else [])
@@ -111,6 +119,8 @@ def make_node(
         elif extra_conf:
             lines.extend(conf_line(k, v) for k, v in extra_conf.items())
         node.append_conf("\n".join(lines))
+        if not start:
+            return node
         node.start()
         if dbname not in ("postgres", "template1"):
             psql(node, 'CREATE DATABASE "{}"'.format(dbname.replace('"', '""')))

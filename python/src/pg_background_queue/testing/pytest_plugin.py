@@ -7,6 +7,11 @@ Enable with ``pytest_plugins = ["pg_background_queue.testing.pytest_plugin"]`` i
 * ``make_cluster``: factory ``make_cluster(name=None, **make_node_kwargs) -> node`` for
   tests that need their own nodes (restarts, crashes, standbys); all removed afterwards.
 * ``conninfo``: psycopg 3 connection string of ``postgres`` on ``node``.
+* ``@pytest.mark.pg_cron``: the test needs pg_cron; it is skipped, with the reason, where
+  pg_cron is not installed for the server under test (``PG_CONFIG`` picks the server).
+* ``@pytest.mark.pg_min_version(160000)``: skipped on older servers.
+
+The header of the run names the server under test.
 
 When a test fails, the tail of the server log of the nodes it used is printed at teardown
 (pytest shows it under "Captured stdout teardown").
@@ -20,7 +25,13 @@ from typing import Any
 
 import pytest
 
-from pg_background_queue.testing.build import extension_installed
+from pg_background_queue.testing.build import (
+    extension_installed,
+    pg_config_path,
+    pg_config_value,
+    pg_cron_installed,
+    server_version_num,
+)
 from pg_background_queue.testing.cluster import conninfo as _conninfo
 from pg_background_queue.testing.cluster import destroy_node, make_node, server_log
 
@@ -31,10 +42,37 @@ MakeCluster = Callable[..., Any]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``pgbq_node`` marker."""
+    """Register the ``pgbq_node``, ``pg_cron`` and ``pg_min_version`` markers."""
     config.addinivalue_line(
         "markers", f"{MARKER}(**kwargs): make_node() arguments for the module's `node` fixture"
     )
+    config.addinivalue_line(
+        "markers", "pg_cron: needs pg_cron installed for the server under test (else skipped)"
+    )
+    config.addinivalue_line(
+        "markers", "pg_min_version(num): needs server_version_num >= num (else skipped)"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the PostgreSQL installation the run tests."""
+    return (
+        f"pg_background_queue: {pg_config_value('--version')} "
+        f"(PG_CONFIG={pg_config_path()}), pg_cron "
+        f"{'installed' if pg_cron_installed() else 'not installed'}"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip tests whose server requirements the installation under test does not meet."""
+    if item.get_closest_marker("pg_cron") and not pg_cron_installed():
+        pytest.skip(
+            f"pg_cron is not installed for {pg_config_value('--version')} "
+            f"({pg_config_path()}); here only Debian's PostgreSQL 15 packages it"
+        )
+    marker = item.get_closest_marker("pg_min_version")
+    if marker and server_version_num() < int(marker.args[0]):
+        pytest.skip(f"needs PostgreSQL >= {marker.args[0]}, testing {server_version_num()}")
 
 
 def _check_can_make(kwargs: dict[str, Any]) -> None:
