@@ -73,8 +73,12 @@ def check_meta(meta: dict, problems: list[str]) -> None:
     for phase in meta.get("prereqs", {}).values():
         for relation in phase.values():
             for name, version in relation.items():
-                if version != "0" and not SEMVER.match(str(version).lstrip("<>=! ")):
-                    problems.append(f"META.json: prereq {name} {version!r} is not a version")
+                # a version, or a range: comma-separated ">= 15.0.0", "< 19.0.0", ...
+                parts = [part.strip().lstrip("<>=! ") for part in str(version).split(",")]
+                if version != "0" and not all(SEMVER.match(part) for part in parts):
+                    problems.append(
+                        f"META.json: prereq {name} {version!r} is not a version or a range"
+                    )
 
 
 def check_versions(meta: dict, problems: list[str]) -> str:
