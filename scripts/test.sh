@@ -161,13 +161,18 @@ lint() {
 		"${PGBQ_VENV}/bin/mypy")
 }
 
+# pytest_log NAME: where a pytest stage's output is kept, for the totals at the end
+pytest_log() { echo "${WORK}/pytest-$1.log"; }
+
 run_pytest() {  # run_pytest V [pytest arguments]: PG_CONFIG picks the server under test
-	local v=$1 rc=0 dir
+	local v=$1 rc dir
 	shift
 	dir=$(tree_for "${v}")
 	pg_in "${dir}" PG_CONFIG="$(pg_config_for "${v}")" \
 		PGBQ_TEST_DRIVERS="$(test_drivers_for "${v}")" \
-		"${PGBQ_VENV}/bin/pytest" -q -p no:cacheprovider "${@:-tests/}" || rc=$?
+		"${PGBQ_VENV}/bin/pytest" -q -p no:cacheprovider "${@:-tests/}" 2>&1 |
+		tee "$(pytest_log "pg${v}")"
+	rc=${PIPESTATUS[0]}
 	if [[ ${rc} -eq 5 ]]; then
 		log "pytest collected no tests: that is a failure"
 	fi
@@ -178,7 +183,24 @@ run_upgrade() {  # the major-upgrade test needs every installation at once
 	local v spec=""
 	for v in ${PGBQ_ALL_PG_VERSIONS}; do spec+="${v}=$(pg_config_for "${v}") "; done
 	pg_in "$(tree_for 15)" PGBQ_PG_CONFIGS="${spec}" \
-		"${PGBQ_VENV}/bin/pytest" -q -p no:cacheprovider -rs tests/test_major_upgrade.py
+		"${PGBQ_VENV}/bin/pytest" -q -p no:cacheprovider -rs tests/test_major_upgrade.py 2>&1 |
+		tee "$(pytest_log upgrade)"
+	return "${PIPESTATUS[0]}"
+}
+
+# pytest_totals: one line adding up every pytest stage's closing counts
+pytest_totals() {
+	local kind n total
+	local -A sum=([passed]=0 [failed]=0 [skipped]=0 [error]=0)
+	for f in "${WORK}"/pytest-*.log; do
+		[[ -f ${f} ]] || continue
+		while read -r n kind; do
+			kind=${kind%s}
+			[[ -n ${sum[${kind}]+x} ]] && sum[${kind}]=$((sum[${kind}] + n))
+		done < <(tail -n 1 "${f}" | grep -oE '[0-9]+ (passed|failed|skipped|errors?)')
+	done
+	total="${sum[passed]} passed, $((sum[failed] + sum[error])) failed, ${sum[skipped]} skipped"
+	printf 'pytest total: %s\n' "${total}"
 }
 
 log "PostgreSQL versions: ${VERSIONS}"
@@ -203,6 +225,7 @@ fi
 
 log "stage times:"
 printf '    %s\n' "${times[@]}" >&2
+pytest_totals
 if [[ ${#failed[@]} -gt 0 ]]; then
 	log "FAILED: ${failed[*]}"
 	exit 1
