@@ -40,9 +40,14 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
         yield dsn
         return
+    from pg_background_queue.testing.build import pg_config_value
     from pg_background_queue.testing.cluster import conninfo, destroy_node, make_node
 
-    print("Creating a throwaway cluster with pg_background_queue preloaded ...", flush=True)
+    print(
+        f"Creating a throwaway {pg_config_value('--version')} cluster "
+        "with pg_background_queue preloaded ...",
+        flush=True,
+    )
     node = make_node(
         extra_conf={
             "pg_background_queue.topic_config": json.dumps(TOPICS),
