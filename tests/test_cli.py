@@ -243,7 +243,7 @@ def test_usage_errors_exit_2() -> None:
 def test_demo_on_a_throwaway_cluster() -> None:
     done = pgbq("demo", "--timeout", "90")
     assert done.returncode == 0, done.stderr
-    assert re.search(r"Creating a throwaway PostgreSQL \d+\S* cluster", done.stdout)
+    assert re.search(r"Creating a throwaway PostgreSQL \d+\S*( \(.*\))? cluster", done.stdout)
     assert "16 finished, 2 did not:" in done.stdout
     # flaky retries twice with 2^n backoff on the demo's own topic configuration
     assert re.search(r"\(failed\): division by zero  \[attempts: #1 22012 .*#3 22012", done.stdout)
