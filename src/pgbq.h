@@ -32,6 +32,7 @@
 #define PGBQ_MAX_DEMANDS		256
 #define PGBQ_MAX_DATABASES		128
 #define PGBQ_MAX_RATE_TOPICS	512
+#define PGBQ_MAX_PAUSED_TOPICS	64
 
 /* ---------------------------------------------------------------------
  * GUCs and topic configuration (guc.c)
@@ -157,7 +158,8 @@ typedef enum PgbqStartResult
 {
 	PGBQ_START_OK,
 	PGBQ_START_NO_CAPACITY,		/* global or topic concurrency limit */
-	PGBQ_START_RATE_LIMITED		/* topic delay_in_sec not yet elapsed */
+	PGBQ_START_RATE_LIMITED,	/* topic delay_in_sec not yet elapsed */
+	PGBQ_START_PAUSED			/* topic paused (workflow.c) */
 } PgbqStartResult;
 
 extern PgbqStartResult pgbq_slot_try_start(int slotno, int64 task_id,
@@ -178,6 +180,15 @@ extern bool pgbq_signal_cancel(int64 task_id, Oid dboid);
 extern int	pgbq_request_database_exit(Oid dboid, bool forget);
 extern void pgbq_set_drop_in_progress(Oid dboid, bool on);
 extern bool pgbq_drop_in_progress(Oid dboid);
+extern void pgbq_wake_idle_workers(void);
+
+/* ---------------------------------------------------------------------
+ * Workflows (workflow.c): paused topics
+ * ------------------------------------------------------------------- */
+
+extern Size pgbq_paused_shmem_size(void);
+extern void pgbq_paused_shmem_init(void);
+extern bool pgbq_topic_paused(const char *topic);
 
 /* ---------------------------------------------------------------------
  * Catalog helpers (catalog.c)

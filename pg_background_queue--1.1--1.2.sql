@@ -1,0 +1,162 @@
+/* pg_background_queue--1.1--1.2.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION pg_background_queue UPDATE TO '1.2'" to load this file. \quit
+
+/* ---------------------------------------------------------------------
+ * 1.2, part 1: views and functions leak nothing.
+ *
+ * The views are owned by the extension owner, so they bypass row level
+ * security and filter on pg_has_role themselves.  Without security_barrier
+ * the planner may evaluate a caller's cheap function in WHERE before that
+ * filter, on every row: a leaky function would see other roles' rows.
+ * security_barrier keeps every non-leakproof qual of the caller above the
+ * view's own.  (security_invoker, 15 and later, would not do for the
+ * workers view, whose function reads shared memory, nor keep the view
+ * readable without SELECT on the table's columns; the barrier is enough.)
+ * ------------------------------------------------------------------- */
+
+ALTER VIEW @extschema@.pg_background_queue_workers SET (security_barrier = true);
+ALTER VIEW @extschema@.pg_background_queue_task_stats SET (security_barrier = true);
+
+/*
+ * Internal functions behind the views.  PostgreSQL checks EXECUTE on a
+ * function called in a view as the caller (unlike SELECT on the view's
+ * tables), so the roles that read the views keep EXECUTE: those granted
+ * usage (pg_background_queue_grant_usage below).  Roles never granted lose
+ * it, as the security matrix says.  What a granted role gets from them
+ * directly is what it reads through the views: workers of roles it has
+ * the privileges of (the function filters on has_privs_of_role), the
+ * effective configuration of topics (the administrator's settings, no
+ * task data) and the paused topics.
+ */
+REVOKE ALL ON FUNCTION
+	@extschema@._pg_background_queue_workers(),
+	@extschema@._pg_background_queue_configured_topics(),
+	@extschema@.pg_background_queue_topic_config(text)
+FROM PUBLIC;
+
+/* ---------------------------------------------------------------------
+ * 1.2, part 2: pause and resume a topic (cluster-wide, durable: shared
+ * memory plus a file in the data directory; see src/workflow.c).
+ * Administration functions: superuser unless granted explicitly.
+ * ------------------------------------------------------------------- */
+
+CREATE FUNCTION @extschema@.pg_background_queue_pause(topic text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'pg_background_queue_pause'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION @extschema@.pg_background_queue_pause(text) IS
+	'Start no more tasks of a topic (NULL: the default topic) in any database until resumed; running tasks finish, enqueue still works. False if already paused';
+
+CREATE FUNCTION @extschema@.pg_background_queue_resume(topic text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'pg_background_queue_resume'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION @extschema@.pg_background_queue_resume(text) IS
+	'Start tasks of a paused topic (NULL: the default topic) again. False if it was not paused';
+
+CREATE FUNCTION @extschema@._pg_background_queue_paused_topics()
+RETURNS SETOF text
+AS 'MODULE_PATHNAME', 'pg_background_queue_paused_topics'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION @extschema@._pg_background_queue_paused_topics() IS
+	'Paused topics (NULL: the default topic), read from shared memory';
+
+REVOKE ALL ON FUNCTION
+	@extschema@.pg_background_queue_pause(text),
+	@extschema@.pg_background_queue_resume(text),
+	@extschema@._pg_background_queue_paused_topics()
+FROM PUBLIC;
+
+/*
+ * The topics view gains `paused` (a paused topic is listed even when it
+ * has no tasks and no configuration) and the security barrier.
+ */
+CREATE OR REPLACE VIEW @extschema@.pg_background_queue_topics
+WITH (security_barrier = true) AS
+	WITH counts AS (
+		SELECT t.topic,
+			   pg_catalog.count(*) FILTER (WHERE t.state IN ('pending', 'retrying')) AS pending,
+			   pg_catalog.count(*) FILTER (WHERE t.state = 'running') AS running
+		  FROM @extschema@.pg_background_tasks t
+		 WHERE t.state IN ('pending', 'retrying', 'running')
+		   AND pg_catalog.pg_has_role(t.owner, 'USAGE')	-- views bypass RLS
+		 GROUP BY t.topic
+	), paused AS (
+		SELECT p.topic FROM @extschema@._pg_background_queue_paused_topics() AS p(topic)
+	), names AS (
+		SELECT c.topic FROM @extschema@._pg_background_queue_configured_topics() AS c(topic)
+		UNION
+		SELECT counts.topic FROM counts
+		UNION
+		SELECT paused.topic FROM paused
+	)
+	SELECT n.topic,
+		   c.configured,
+		   c.max_parallel_running_tasks_count,
+		   c.retry_count,
+		   c.delay_in_sec,
+		   c.priority,
+		   c.timeout_in_sec,
+		   COALESCE(k.pending, 0) AS pending,
+		   COALESCE(k.running, 0) AS running,
+		   EXISTS (SELECT 1 FROM paused p WHERE p.topic IS NOT DISTINCT FROM n.topic) AS paused
+	  FROM names n
+	  CROSS JOIN LATERAL @extschema@.pg_background_queue_topic_config(n.topic) c
+	  LEFT JOIN counts k ON k.topic IS NOT DISTINCT FROM n.topic;
+
+/* ---------------------------------------------------------------------
+ * Privileges of 1.2: grant_usage covers the functions the views call;
+ * roles granted usage before 1.2 get the same.
+ * ------------------------------------------------------------------- */
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_queue_grant_usage(role regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF role IS NULL THEN
+		RAISE EXCEPTION 'role must not be NULL'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %s', role);
+	EXECUTE format('GRANT SELECT ON @extschema@.pg_background_tasks, '
+				   '@extschema@.pg_background_queue_stats, '
+				   '@extschema@.pg_background_queue_task_stats, '
+				   '@extschema@.pg_background_queue_topics, '
+				   '@extschema@.pg_background_queue_workers TO %s', role);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION '
+				   '@extschema@.pg_background_enqueue(text, text, integer, timestamptz), '
+				   '@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz), '
+				   '@extschema@.pg_background_cancel(bigint), '
+				   '@extschema@.pg_background_retry(bigint), '
+				   '@extschema@.pg_background_queue_purge(interval), '
+				   '@extschema@._pg_background_queue_workers(), '
+				   '@extschema@._pg_background_queue_configured_topics(), '
+				   '@extschema@._pg_background_queue_paused_topics(), '
+				   '@extschema@.pg_background_queue_topic_config(text) TO %s', role);
+END;
+$$;
+
+DO $$
+DECLARE
+	grantee regrole;
+BEGIN
+	FOR grantee IN
+		SELECT DISTINCT a.grantee::regrole
+		  FROM pg_catalog.pg_class c,
+			   LATERAL pg_catalog.aclexplode(c.relacl) a
+		 WHERE c.oid = '@extschema@.pg_background_tasks'::pg_catalog.regclass
+		   AND a.privilege_type = 'SELECT'
+		   AND a.grantee <> 0
+		   AND a.grantee <> c.relowner
+	LOOP
+		PERFORM @extschema@.pg_background_queue_grant_usage(grantee);
+	END LOOP;
+END;
+$$;

@@ -1,0 +1,372 @@
+/*-------------------------------------------------------------------------
+ *
+ * workflow.c
+ *	  Workflow features of version 1.2 that live outside the task table:
+ *	  pausing and resuming topics.
+ *
+ * A paused topic is a cluster-wide setting, like the other topic settings:
+ * it holds for every database.  The set of paused topics lives in shared
+ * memory (read by every claim, in pgbq_slot_try_start, under
+ * pgbq_shared->lock) and in a small file in the data directory,
+ * PGBQ_PAUSED_FILE, rewritten (write, fsync, durable rename) by every pause
+ * and resume and read back when shared memory is created, so a pause
+ * survives restarts and crash restarts.  The file is not WAL-logged: a
+ * standby, a promoted standby and a cluster made by pg_upgrade or a base
+ * backup do not inherit it (documented in the README).
+ *
+ * Pause and resume take effect at once and are not transactional (like
+ * pg_reload_conf()): a rolled-back transaction does not undo them.  Once
+ * pause returns, no worker starts a task of that topic; tasks already
+ * running finish.  Resume wakes every idle worker and asks the launcher
+ * for a maintenance pass in every database, which rebuilds the demand for
+ * workers that left while the topic was paused.
+ *
+ * Locking: the set is read and written under pgbq_shared->lock (shared for
+ * reads, exclusive for writes); a writer rewrites the file while holding
+ * the lock exclusively, so the file always matches the memory of the last
+ * writer.  Pause and resume are rare administrative calls.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+
+#include "compat.h"
+#include "pgbq.h"
+
+PG_FUNCTION_INFO_V1(pg_background_queue_pause);
+PG_FUNCTION_INFO_V1(pg_background_queue_resume);
+PG_FUNCTION_INFO_V1(pg_background_queue_paused_topics);
+
+#define PGBQ_PAUSED_FILE		"pg_background_queue.paused"
+#define PGBQ_PAUSED_FILE_TMP	PGBQ_PAUSED_FILE ".tmp"
+#define PGBQ_PAUSED_MAGIC		0x70626170	/* "pbap" */
+
+typedef struct PgbqPausedTopic
+{
+	bool		isnull;			/* the default topic */
+	char		topic[NAMEDATALEN];
+} PgbqPausedTopic;
+
+typedef struct PgbqPausedSet
+{
+	int			count;
+	PgbqPausedTopic topics[PGBQ_MAX_PAUSED_TOPICS];
+} PgbqPausedSet;
+
+static PgbqPausedSet *pgbq_paused = NULL;
+
+/*
+ * pgbq_paused_match
+ *		Does an entry name this topic (NULL: the default topic)?
+ */
+static bool
+pgbq_paused_match(const PgbqPausedTopic *p, const char *topic)
+{
+	if (topic == NULL)
+		return p->isnull;
+	return !p->isnull && strcmp(p->topic, topic) == 0;
+}
+
+/*
+ * pgbq_paused_find
+ *		Index of the topic in a set, or -1.
+ */
+static int
+pgbq_paused_find(const PgbqPausedSet *set, const char *topic)
+{
+	int			i;
+
+	for (i = 0; i < set->count; i++)
+		if (pgbq_paused_match(&set->topics[i], topic))
+			return i;
+	return -1;
+}
+
+/*
+ * pgbq_paused_shmem_size
+ *		Bytes of shared memory for the paused set.
+ */
+Size
+pgbq_paused_shmem_size(void)
+{
+	return MAXALIGN(sizeof(PgbqPausedSet));
+}
+
+/*
+ * pgbq_paused_load
+ *		Read the paused set from its file into *set (empty if there is no
+ *		file).  A damaged file is reported and ignored: nothing is paused.
+ */
+static void
+pgbq_paused_load(PgbqPausedSet *set)
+{
+	FILE	   *f;
+	uint32		magic;
+	int32		count;
+	int			i;
+
+	memset(set, 0, sizeof(PgbqPausedSet));
+	f = AllocateFile(PGBQ_PAUSED_FILE, PG_BINARY_R);
+	if (f == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("pg_background_queue: could not read file \"%s\": %m; no topic is paused",
+							PGBQ_PAUSED_FILE)));
+		return;
+	}
+	if (fread(&magic, sizeof(magic), 1, f) != 1 || magic != PGBQ_PAUSED_MAGIC ||
+		fread(&count, sizeof(count), 1, f) != 1 ||
+		count < 0 || count > PGBQ_MAX_PAUSED_TOPICS ||
+		fread(set->topics, sizeof(PgbqPausedTopic), count, f) != (size_t) count)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("pg_background_queue: file \"%s\" is damaged; no topic is paused",
+						PGBQ_PAUSED_FILE)));
+		memset(set, 0, sizeof(PgbqPausedSet));
+		FreeFile(f);
+		return;
+	}
+	FreeFile(f);
+	for (i = 0; i < count; i++)
+		set->topics[i].topic[NAMEDATALEN - 1] = '\0';
+	set->count = count;
+}
+
+/*
+ * pgbq_paused_shmem_init
+ *		Create or attach to the paused set; on creation (server start or
+ *		crash restart, in the postmaster) load it from its file.
+ */
+void
+pgbq_paused_shmem_init(void)
+{
+	bool		found;
+
+	pgbq_paused = ShmemInitStruct("pg_background_queue paused topics",
+								  pgbq_paused_shmem_size(), &found);
+	if (!found)
+		pgbq_paused_load(pgbq_paused);
+}
+
+/*
+ * pgbq_topic_paused
+ *		Is the topic paused?  Caller holds pgbq_shared->lock (any mode).
+ */
+bool
+pgbq_topic_paused(const char *topic)
+{
+	if (pgbq_paused == NULL || pgbq_paused->count == 0)
+		return false;
+	return pgbq_paused_find(pgbq_paused, topic) >= 0;
+}
+
+/*
+ * pgbq_paused_save
+ *		Write a paused set to its file durably (temporary file, fsync,
+ *		durable rename).  Errors are ERRORs; the caller changes shared
+ *		memory only afterwards.
+ */
+static void
+pgbq_paused_save(const PgbqPausedSet *set)
+{
+	FILE	   *f;
+	uint32		magic = PGBQ_PAUSED_MAGIC;
+	int32		count = set->count;
+
+	f = AllocateFile(PGBQ_PAUSED_FILE_TMP, PG_BINARY_W);
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", PGBQ_PAUSED_FILE_TMP)));
+	if (fwrite(&magic, sizeof(magic), 1, f) != 1 ||
+		fwrite(&count, sizeof(count), 1, f) != 1 ||
+		(count > 0 &&
+		 fwrite(set->topics, sizeof(PgbqPausedTopic), count, f) != (size_t) count) ||
+		fflush(f) != 0 ||
+		pg_fsync(fileno(f)) != 0)
+	{
+		int			save_errno = errno;
+
+		FreeFile(f);
+		unlink(PGBQ_PAUSED_FILE_TMP);
+		errno = save_errno;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", PGBQ_PAUSED_FILE_TMP)));
+	}
+	if (FreeFile(f) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close file \"%s\": %m", PGBQ_PAUSED_FILE_TMP)));
+	(void) durable_rename(PGBQ_PAUSED_FILE_TMP, PGBQ_PAUSED_FILE, ERROR);
+}
+
+/*
+ * pgbq_paused_topic_arg
+ *		The topic argument of pause/resume, validated like enqueue's (NULL:
+ *		the default topic).
+ */
+static char *
+pgbq_paused_topic_arg(FunctionCallInfo fcinfo)
+{
+	char	   *topic;
+
+	if (pgbq_shared == NULL || pgbq_paused == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_background_queue must be loaded via shared_preload_libraries"),
+				 errhint("Add shared_preload_libraries = 'pg_background_queue' to postgresql.conf and restart the server.")));
+	if (PG_ARGISNULL(0))
+		return NULL;
+	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (topic[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("topic must not be an empty string"),
+				 errhint("Pass NULL for the default topic.")));
+	if (strlen(topic) > PGBQ_TOPIC_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("topic name is too long"),
+				 errdetail("Topic names are limited to %d bytes.", PGBQ_TOPIC_MAXLEN)));
+	return topic;
+}
+
+/*
+ * pgbq_paused_change
+ *		Pause (add) or resume (remove) a topic: compute the new set, write
+ *		it to the file, then publish it, all under the lock.  Returns
+ *		whether anything changed.
+ */
+static bool
+pgbq_paused_change(const char *topic, bool pause)
+{
+	PgbqPausedSet *next = palloc(sizeof(PgbqPausedSet));
+	int			pos;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	memcpy(next, pgbq_paused, sizeof(PgbqPausedSet));
+	pos = pgbq_paused_find(next, topic);
+	if (pause ? pos >= 0 : pos < 0)
+	{
+		LWLockRelease(pgbq_shared->lock);
+		pfree(next);
+		return false;
+	}
+	if (pause)
+	{
+		PgbqPausedTopic *p;
+
+		if (next->count >= PGBQ_MAX_PAUSED_TOPICS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("too many paused topics"),
+					 errdetail("At most %d topics can be paused at a time.",
+							   PGBQ_MAX_PAUSED_TOPICS),
+					 errhint("Resume a topic with pg_background_queue_resume() first.")));
+		p = &next->topics[next->count++];
+		memset(p, 0, sizeof(PgbqPausedTopic));
+		p->isnull = (topic == NULL);
+		if (topic)
+			strlcpy(p->topic, topic, NAMEDATALEN);
+	}
+	else
+	{
+		next->topics[pos] = next->topics[next->count - 1];
+		next->count--;
+	}
+	pgbq_paused_save(next);
+	memcpy(pgbq_paused, next, sizeof(PgbqPausedSet));
+	LWLockRelease(pgbq_shared->lock);
+	pfree(next);
+	return true;
+}
+
+/*
+ * pg_background_queue_pause
+ *		Stop starting tasks of a topic (NULL: the default topic) in every
+ *		database; running tasks finish, enqueue still works.  Returns false
+ *		if it was paused already.
+ */
+Datum
+pg_background_queue_pause(PG_FUNCTION_ARGS)
+{
+	char	   *topic = pgbq_paused_topic_arg(fcinfo);
+
+	PG_RETURN_BOOL(pgbq_paused_change(topic, true));
+}
+
+/*
+ * pg_background_queue_resume
+ *		Start tasks of a paused topic again, at once.  Returns false if it
+ *		was not paused.
+ */
+Datum
+pg_background_queue_resume(PG_FUNCTION_ARGS)
+{
+	char	   *topic = pgbq_paused_topic_arg(fcinfo);
+
+	if (!pgbq_paused_change(topic, false))
+		PG_RETURN_BOOL(false);
+	pgbq_wake_idle_workers();
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * pg_background_queue_paused_topics
+ *		The paused topics (NULL: the default topic), for the topics view.
+ */
+Datum
+pg_background_queue_paused_topics(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	PgbqPausedSet *copy;
+	Tuplestorestate *store;
+	TupleDesc	tupdesc;
+	MemoryContext old;
+	int			i;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	copy = palloc0(sizeof(PgbqPausedSet));
+	if (pgbq_shared != NULL && pgbq_paused != NULL)
+	{
+		LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+		memcpy(copy, pgbq_paused, sizeof(PgbqPausedSet));
+		LWLockRelease(pgbq_shared->lock);
+	}
+
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	tupdesc = CreateTemplateTupleDesc(1);
+	TupleDescInitEntry(tupdesc, (AttrNumber) 1, "topic", TEXTOID, -1, 0);
+	store = tuplestore_begin_heap(true, false, work_mem);
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = store;
+	rsinfo->setDesc = tupdesc;
+	MemoryContextSwitchTo(old);
+	for (i = 0; i < copy->count; i++)
+	{
+		Datum		value = (Datum) 0;
+		bool		isnull = copy->topics[i].isnull;
+
+		if (!isnull)
+			value = CStringGetTextDatum(copy->topics[i].topic);
+		tuplestore_putvalues(store, tupdesc, &value, &isnull);
+	}
+	return (Datum) 0;
+}
