@@ -108,7 +108,6 @@ RESET ROLE;
 SELECT bool_or(p.seen LIKE '%secret_b%') AS superuser_sees_b
   FROM view_columns vc, LATERAL pg_temp.probe(vc.view, vc.col) p;
 
-SELECT pg_background_queue_purge('0');
-DELETE FROM pg_background_tasks;
+DELETE FROM pg_background_tasks WHERE owner IN ('pgbq_leak_a'::regrole, 'pgbq_leak_b'::regrole);
 DROP OWNED BY pgbq_leak_a, pgbq_leak_b, pgbq_leak_c;
 DROP ROLE pgbq_leak_a, pgbq_leak_b, pgbq_leak_c;

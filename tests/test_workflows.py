@@ -1,0 +1,165 @@
+"""Workflows of version 1.2 on a real cluster: pause/resume per topic (cluster-wide,
+durable across restarts and crash restarts), and what a NOTIFY listener learns."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from core_helpers import connect, enqueue, make_role, query, scalar, task, wait_tasks
+from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Any]:
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 2,
+            "pg_background_queue.worker_idle_timeout": "30s",
+            "restart_after_crash": "on",
+        }
+    )
+    make_role(n, "wf_alice")
+    yield n
+    destroy_node(n)
+
+
+def paused_topics(node: Any, dbname: str = "postgres") -> list[str | None]:
+    rows = query(
+        node,
+        "SELECT topic FROM pg_background_queue_topics WHERE paused ORDER BY topic",
+        dbname=dbname,
+    )
+    return [r["topic"] for r in rows]
+
+
+def states(node: Any, ids: list[int]) -> list[str]:
+    return [task(node, i)["state"] for i in ids]
+
+
+def test_paused_topic_is_passed_over_and_resume_runs_it(node: Any) -> None:
+    assert scalar(node, "SELECT pg_background_queue_pause('p1')") is True
+    # p1's tasks come first in claim order; only the pause keeps them back
+    held = [enqueue(node, "SELECT 1", "p1", 0, user="wf_alice") for _ in range(3)]
+    other = enqueue(node, "SELECT 2", "q1", 5, user="wf_alice")
+    wait_tasks(node, [other])
+    assert states(node, held) == ["pending"] * 3
+    row = query(node, "SELECT * FROM pg_background_queue_topics WHERE topic = 'p1'")[0]
+    assert (row["paused"], row["pending"]) == (True, 3)
+    # the owner sees the pause in the view too
+    assert paused_topics(node) == ["p1"]
+    assert scalar(node, "SELECT pg_background_queue_resume('p1')") is True
+    rows = wait_tasks(node, held)
+    assert [r["state"] for r in rows] == ["finished"] * 3
+    assert paused_topics(node) == []
+
+
+def test_default_topic_can_be_paused(node: Any) -> None:
+    assert scalar(node, "SELECT pg_background_queue_pause(NULL)") is True
+    try:
+        held = enqueue(node, "SELECT 1", None, 0)
+        other = enqueue(node, "SELECT 2", "q2", 5)
+        wait_tasks(node, [other])
+        assert task(node, held)["state"] == "pending"
+        assert paused_topics(node) == [None]
+    finally:
+        assert scalar(node, "SELECT pg_background_queue_resume(NULL)") is True
+    wait_tasks(node, [held])
+
+
+def test_running_task_finishes_after_pause(node: Any) -> None:
+    query(node, "CREATE TABLE IF NOT EXISTS wf_gate (ok boolean)")
+    query(node, "GRANT ALL ON wf_gate TO PUBLIC")
+    query(node, "TRUNCATE wf_gate")
+    # the task waits for a row that the test writes once the pause is in place
+    first = enqueue(
+        node,
+        "DO $$ BEGIN WHILE NOT EXISTS (SELECT 1 FROM public.wf_gate) LOOP "
+        "PERFORM pg_sleep(0.02); END LOOP; END $$",
+        "p3",
+    )
+    wait_tasks(node, [first], states=("running",))
+    assert scalar(node, "SELECT pg_background_queue_pause('p3')") is True
+    second = enqueue(node, "SELECT 1", "p3", 0)
+    query(node, "INSERT INTO wf_gate VALUES (true)")
+    assert wait_tasks(node, [first])[0]["state"] == "finished"
+    other = enqueue(node, "SELECT 2", "q3", 5)
+    wait_tasks(node, [other])
+    assert task(node, second)["state"] == "pending"
+    scalar(node, "SELECT pg_background_queue_resume('p3')")
+    wait_tasks(node, [second])
+
+
+def test_pause_is_cluster_wide_and_survives_restarts(node: Any) -> None:
+    query(node, "DROP DATABASE IF EXISTS wf_other")
+    query(node, "CREATE DATABASE wf_other")
+    query(node, "CREATE EXTENSION pg_background_queue", dbname="wf_other")
+    # paused from another database: holds here too
+    assert scalar(node, "SELECT pg_background_queue_pause('p4')", dbname="wf_other") is True
+    held = enqueue(node, "SELECT 1", "p4", 0)
+    held_other = enqueue(node, "SELECT 1", "p4", 0, dbname="wf_other")
+    wait_tasks(node, [enqueue(node, "SELECT 2", "q4", 5)])
+    wait_tasks(node, [enqueue(node, "SELECT 2", "q4", 5, dbname="wf_other")], dbname="wf_other")
+    assert task(node, held)["state"] == "pending"
+    assert task(node, held_other, dbname="wf_other")["state"] == "pending"
+
+    # a clean restart keeps it
+    node.restart()
+    assert paused_topics(node) == ["p4"]
+    wait_tasks(node, [enqueue(node, "SELECT 3", "q4", 5)])
+    assert task(node, held)["state"] == "pending"
+
+    # so does a crash restart (shared memory is rebuilt from the file)
+    victim = connect(node)
+    pid = victim.info.backend_pid
+    os.kill(pid, signal.SIGKILL)
+
+    def back_up() -> bool:
+        try:
+            return scalar(node, "SELECT pg_postmaster_start_time() IS NOT NULL") is True
+        except psycopg.OperationalError:
+            return False
+
+    poll_until(back_up, timeout=60, message="server back after crash restart")
+    assert paused_topics(node) == ["p4"]
+    wait_tasks(node, [enqueue(node, "SELECT 4", "q4", 5)], timeout=60)
+    assert task(node, held)["state"] == "pending"
+
+    assert scalar(node, "SELECT pg_background_queue_resume('p4')") is True
+    wait_tasks(node, [held], timeout=60)
+    wait_tasks(node, [held_other], timeout=60, dbname="wf_other")
+    query(node, "DROP DATABASE wf_other WITH (FORCE)")
+
+
+def test_pause_is_not_transactional(node: Any) -> None:
+    """Like pg_reload_conf(): documented; a rollback does not undo it."""
+    with connect(node, autocommit=False) as conn:
+        conn.execute("SELECT pg_background_queue_pause('p5')")
+        conn.rollback()
+    assert paused_topics(node) == ["p5"]
+    assert scalar(node, "SELECT pg_background_queue_resume('p5')") is True
+
+
+def test_listener_not_granted_learns_only_ids_and_states(node: Any) -> None:
+    """The documented decision: NOTIFY payloads are '<id> <state>', nothing else."""
+    query(node, "DROP ROLE IF EXISTS wf_nobody")
+    query(node, "CREATE ROLE wf_nobody LOGIN")
+    with connect(node, user="wf_nobody") as listener:
+        listener.execute("LISTEN pg_background_queue")
+        tid = enqueue(node, "SELECT 'alice secret'", "secret_topic", user="wf_alice")
+        wait_tasks(node, [tid])
+        payloads: list[str] = []
+
+        def got() -> bool:
+            for n in listener.notifies(timeout=0.2, stop_after=1):
+                payloads.append(n.payload)
+            return any(p.split(" ")[0] == str(tid) for p in payloads)
+
+        poll_until(got, timeout=30, message="notification of the task's end")
+    mine = [p for p in payloads if p.split(" ")[0] == str(tid)]
+    assert mine == [f"{tid} finished"]
