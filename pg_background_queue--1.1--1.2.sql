@@ -110,6 +110,104 @@ WITH (security_barrier = true) AS
 	  LEFT JOIN counts k ON k.topic IS NOT DISTINCT FROM n.topic;
 
 /* ---------------------------------------------------------------------
+ * 1.2, part 3: dedupe keys.
+ *
+ * While a task of the same owner, topic and key is queued (pending,
+ * retrying, or any other state before it runs again), enqueue with that
+ * key writes nothing and returns the queued task's id.  The unique partial
+ * index makes it race-free: enqueue inserts with ON CONFLICT DO NOTHING,
+ * which waits for a concurrent inserter of the same key and then either
+ * sees its row (it committed) or inserts its own (it rolled back).  The
+ * predicate names the states a task is *not* queued in, so that states
+ * added later (they are queued ones) are covered without a new index.
+ * ------------------------------------------------------------------- */
+
+ALTER TABLE @extschema@.pg_background_tasks
+	ADD COLUMN dedupe_key text,
+	ADD CONSTRAINT pg_background_tasks_dedupe_key_nonempty CHECK (dedupe_key <> '');
+
+COMMENT ON COLUMN @extschema@.pg_background_tasks.dedupe_key IS
+	'Dedupe key: while a task of the same owner, topic and key is queued, enqueue returns its id instead of adding one';
+
+CREATE UNIQUE INDEX pg_background_tasks_dedupe_idx
+	ON @extschema@.pg_background_tasks (owner, (COALESCE(topic, '')), dedupe_key)
+	WHERE dedupe_key IS NOT NULL
+	  AND state NOT IN ('running', 'finished', 'failed', 'cancelled');
+
+/*
+ * A task that comes back to the queue (a failed attempt to retrying, a
+ * task given back at shutdown, pg_background_retry of a failed one) while
+ * another task of its owner, topic and key was enqueued meanwhile keeps
+ * its place but gives up its key: the newer task holds it.  Only rows with
+ * a key coming back from those states fire it; bookkeeping of every other
+ * task pays for the WHEN test alone.
+ */
+CREATE FUNCTION @extschema@._pg_background_queue_dedupe_requeue()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.state::text NOT IN ('running', 'finished', 'failed', 'cancelled')
+	   AND EXISTS (SELECT 1
+					 FROM @extschema@.pg_background_tasks t
+					WHERE t.owner = NEW.owner
+					  AND COALESCE(t.topic, '') = COALESCE(NEW.topic, '')
+					  AND t.dedupe_key = NEW.dedupe_key
+					  AND t.id <> NEW.id
+					  AND t.state NOT IN ('running', 'finished', 'failed', 'cancelled')) THEN
+		NEW.dedupe_key := NULL;
+	END IF;
+	RETURN NEW;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION @extschema@._pg_background_queue_dedupe_requeue() FROM PUBLIC;
+
+CREATE TRIGGER pg_background_tasks_dedupe_requeue
+	BEFORE UPDATE ON @extschema@.pg_background_tasks
+	FOR EACH ROW
+	WHEN (NEW.dedupe_key IS NOT NULL
+		  AND OLD.state IN ('running', 'failed', 'cancelled')
+		  AND NEW.state IS DISTINCT FROM OLD.state)
+	EXECUTE FUNCTION @extschema@._pg_background_queue_dedupe_requeue();
+
+/* enqueue and enqueue_many take keys: new signatures */
+DROP FUNCTION @extschema@.pg_background_enqueue(text, text, integer, timestamptz);
+DROP FUNCTION @extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz);
+
+CREATE FUNCTION @extschema@.pg_background_enqueue(
+	sql text,
+	topic text DEFAULT NULL,
+	priority integer DEFAULT NULL,
+	run_at timestamptz DEFAULT NULL,
+	dedupe_key text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_background_enqueue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION @extschema@.pg_background_enqueue(text, text, integer, timestamptz, text) IS
+	'Queue one SQL statement (or script) to run in the background as the current role; with a dedupe key, return the queued task of that key instead if there is one';
+
+CREATE FUNCTION @extschema@.pg_background_enqueue_many(
+	sqls text[],
+	topic text DEFAULT NULL,
+	priority integer DEFAULT NULL,
+	run_at timestamptz DEFAULT NULL,
+	dedupe_keys text[] DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'pg_background_enqueue_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
+
+COMMENT ON FUNCTION @extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz, text[]) IS
+	'Queue many SQL statements in one call (dedupe_keys: one key or NULL per statement); returns their ids in input order';
+
+REVOKE ALL ON FUNCTION
+	@extschema@.pg_background_enqueue(text, text, integer, timestamptz, text),
+	@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz, text[])
+FROM PUBLIC;
+
+/* ---------------------------------------------------------------------
  * Privileges of 1.2: grant_usage covers the functions the views call;
  * roles granted usage before 1.2 get the same.
  * ------------------------------------------------------------------- */
@@ -131,8 +229,8 @@ BEGIN
 				   '@extschema@.pg_background_queue_topics, '
 				   '@extschema@.pg_background_queue_workers TO %s', role);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION '
-				   '@extschema@.pg_background_enqueue(text, text, integer, timestamptz), '
-				   '@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz), '
+				   '@extschema@.pg_background_enqueue(text, text, integer, timestamptz, text), '
+				   '@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz, text[]), '
 				   '@extschema@.pg_background_cancel(bigint), '
 				   '@extschema@.pg_background_retry(bigint), '
 				   '@extschema@.pg_background_queue_purge(interval), '

@@ -32,6 +32,8 @@ LANGUAGE sql AS $$
 				coalesce((SELECT string_agg(polname || ' ' || polcmd::text || ' ' ||
 											pg_get_expr(polqual, polrelid), '; ' ORDER BY 1)
 							FROM pg_policy WHERE polrelid = d.objid), '') ||
+				coalesce((SELECT string_agg(pg_get_triggerdef(tg.oid), '; ' ORDER BY 1)
+							FROM pg_trigger tg WHERE tg.tgrelid = d.objid AND NOT tg.tgisinternal), '') ||
 				c.relrowsecurity::text
 			 WHEN 'pg_type'::regclass THEN
 				coalesce((SELECT string_agg(enumlabel::text, ',' ORDER BY enumsortorder)

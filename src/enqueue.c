@@ -389,13 +389,69 @@ pgbq_prepare_insert(const PgbqCatalog *cat)
 }
 
 /*
+ * pgbq_insert_keyed
+ *		pgbq_insert's path for tasks with dedupe keys: one statement per
+ *		task, in input order (a key repeated in one call yields the first
+ *		task's id).  Inside SPI and the privileged section.
+ */
+static int64 *
+pgbq_insert_keyed(const PgbqCatalog *cat, bool many, Datum sqls, Datum *args,
+				  char *nulls, char **keys, MemoryContext ctx,
+				  uint64 *nids, uint64 *ninserted)
+{
+	Datum	   *elems;
+	int			nelems;
+	int			i;
+	int64	   *ids;
+
+	if (many)
+		deconstruct_array(DatumGetArrayTypeP(sqls), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, NULL, &nelems);
+	else
+	{
+		elems = &sqls;
+		nelems = 1;
+	}
+	ids = MemoryContextAlloc(ctx, sizeof(int64) * (nelems + 1));
+	*ninserted = 0;
+	for (i = 0; i < nelems; i++)
+	{
+		int			rc;
+		bool		isnull;
+
+		args[0] = elems[i];
+		if (keys[i] != NULL)
+		{
+			bool		inserted;
+
+			ids[i] = pgbq_insert_deduped(cat->qualified_table, args, nulls,
+										 keys[i], &inserted);
+			if (inserted)
+				(*ninserted)++;
+			continue;
+		}
+		rc = SPI_execute_plan(pgbq_insert_plan, args, nulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+			elog(ERROR, "could not enqueue: %s", SPI_result_code_string(rc));
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		(*ninserted)++;
+	}
+	*nids = nelems;
+	return ids;
+}
+
+/*
  * pgbq_insert
  *		Insert one task or an array of them as the table owner; returns the
- *		ids (in input order) in *ids.
+ *		ids (in input order) in *ids.  With keys (one dedupe key or NULL
+ *		per task, NULL for none at all), tasks with a key are inserted one
+ *		by one, or found queued (pgbq_insert_deduped); *ninserted counts
+ *		the tasks really written.
  */
 static int64 *
 pgbq_insert(bool many, Datum sqls, const char *topic, int32 priority,
-			TimestampTz run_at, uint64 *nids)
+			TimestampTz run_at, char **keys, uint64 *nids, uint64 *ninserted)
 {
 	PgbqCatalog cat;
 	Oid			save_userid;
@@ -425,11 +481,20 @@ pgbq_insert(bool many, Datum sqls, const char *topic, int32 priority,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	pgbq_prepare_insert(&cat);
+	if (keys != NULL)
+	{
+		ids = pgbq_insert_keyed(&cat, many, sqls, args, nulls, keys, ctx,
+								nids, ninserted);
+		SPI_finish();
+		pgbq_end_privileged(nest, save_userid, save_sec);
+		return ids;
+	}
 	rc = SPI_execute_plan(many ? pgbq_insert_many_plan : pgbq_insert_plan,
 						  args, nulls, false, 0);
 	if (rc != SPI_OK_INSERT_RETURNING && rc != SPI_OK_SELECT)
 		elog(ERROR, "could not enqueue: %s", SPI_result_code_string(rc));
 	*nids = SPI_processed;
+	*ninserted = SPI_processed;
 	ids = MemoryContextAlloc(ctx, sizeof(int64) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -470,7 +535,9 @@ pg_background_enqueue(PG_FUNCTION_ARGS)
 	int32		priority;
 	TimestampTz run_at;
 	uint64		n;
+	uint64		ninserted;
 	int64	   *ids;
+	char	   *key = NULL;
 
 	pgbq_check_preloaded();
 	if (PG_ARGISNULL(0))
@@ -480,12 +547,56 @@ pg_background_enqueue(PG_FUNCTION_ARGS)
 	sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	run_at = pgbq_resolve_options(fcinfo, &topic, &priority);
 	pgbq_validate_sql(sql, 0);
+	/* 1.2 passes a dedupe key; the 1.1 definition does not */
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+	{
+		key = text_to_cstring(PG_GETARG_TEXT_PP(4));
+		pgbq_validate_dedupe_key(key, 0);
+	}
 
-	ids = pgbq_insert(false, PG_GETARG_DATUM(0), topic, priority, run_at, &n);
+	ids = pgbq_insert(false, PG_GETARG_DATUM(0), topic, priority, run_at,
+					  key ? &key : NULL, &n, &ninserted);
 	if (n != 1)
 		elog(ERROR, "enqueue inserted " UINT64_FORMAT " rows", n);
-	pgbq_note_enqueued(1, run_at);
+	if (ninserted > 0)
+		pgbq_note_enqueued(1, run_at);
 	PG_RETURN_INT64(ids[0]);
+}
+
+/*
+ * pgbq_dedupe_keys_arg
+ *		enqueue_many's dedupe_keys: one key (or NULL) per statement.
+ */
+static char **
+pgbq_dedupe_keys_arg(ArrayType *karr, int nelems)
+{
+	Datum	   *kelems;
+	bool	   *knulls;
+	int			nkeys;
+	int			i;
+	char	  **keys;
+
+	if (ARR_NDIM(karr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("array of dedupe keys must be one-dimensional")));
+	deconstruct_array(karr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &kelems, &knulls, &nkeys);
+	if (nkeys != nelems)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("array of dedupe keys has %d elements, array of SQL statements %d",
+						nkeys, nelems),
+				 errhint("Pass one key or NULL per statement.")));
+	keys = palloc0(sizeof(char *) * (nelems + 1));
+	for (i = 0; i < nelems; i++)
+	{
+		if (knulls[i])
+			continue;
+		keys[i] = TextDatumGetCString(kelems[i]);
+		pgbq_validate_dedupe_key(keys[i], i + 1);
+	}
+	return keys;
 }
 
 /*
@@ -506,7 +617,9 @@ pg_background_enqueue_many(PG_FUNCTION_ARGS)
 	int32		priority;
 	TimestampTz run_at;
 	uint64		n = 0;
+	uint64		ninserted = 0;
 	int64	   *ids = NULL;
+	char	  **keys = NULL;
 	Tuplestorestate *tupstore;
 	TupleDesc	tupdesc;
 	MemoryContext oldcontext;
@@ -542,13 +655,18 @@ pg_background_enqueue_many(PG_FUNCTION_ARGS)
 		pgbq_validate_sql(sql, i + 1);
 		pfree(sql);
 	}
+	/* 1.2 passes dedupe keys; the 1.1 definition does not */
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+		keys = pgbq_dedupe_keys_arg(PG_GETARG_ARRAYTYPE_P(4), nelems);
 	if (nelems > 0)
 	{
-		ids = pgbq_insert(true, PointerGetDatum(arr), topic, priority, run_at, &n);
+		ids = pgbq_insert(true, PointerGetDatum(arr), topic, priority, run_at,
+						  keys, &n, &ninserted);
 		if (n != (uint64) nelems)
 			elog(ERROR, "enqueue inserted " UINT64_FORMAT " rows for %d statements",
 				 n, nelems);
-		pgbq_note_enqueued(n, run_at);
+		if (ninserted > 0)
+			pgbq_note_enqueued(ninserted, run_at);
 	}
 
 	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);

@@ -33,6 +33,7 @@
 #define PGBQ_MAX_DATABASES		128
 #define PGBQ_MAX_RATE_TOPICS	512
 #define PGBQ_MAX_PAUSED_TOPICS	64
+#define PGBQ_DEDUPE_KEY_MAXLEN	1024
 
 /* ---------------------------------------------------------------------
  * GUCs and topic configuration (guc.c)
@@ -189,6 +190,10 @@ extern void pgbq_wake_idle_workers(void);
 extern Size pgbq_paused_shmem_size(void);
 extern void pgbq_paused_shmem_init(void);
 extern bool pgbq_topic_paused(const char *topic);
+extern void pgbq_validate_dedupe_key(const char *key, int element);
+extern int64 pgbq_insert_deduped(const char *qualified_table, Datum *args5,
+								 const char *nulls5, const char *key,
+								 bool *inserted);
 
 /* ---------------------------------------------------------------------
  * Catalog helpers (catalog.c)

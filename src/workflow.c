@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * workflow.c
- *	  Workflow features of version 1.2 that live outside the task table:
- *	  pausing and resuming topics.
+ *	  Workflow features of version 1.2: pausing and resuming topics, dedupe
+ *	  keys.
  *
  * A paused topic is a cluster-wide setting, like the other topic settings:
  * it holds for every database.  The set of paused topics lives in shared
@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
@@ -369,4 +370,107 @@ pg_background_queue_paused_topics(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(store, tupdesc, &value, &isnull);
 	}
 	return (Datum) 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Dedupe keys
+ * ------------------------------------------------------------------- */
+
+/*
+ * pgbq_validate_dedupe_key
+ *		A key is a non-empty string of at most PGBQ_DEDUPE_KEY_MAXLEN bytes
+ *		(it is stored in a btree index).  element: 1-based position in
+ *		enqueue_many's array, 0 for enqueue.
+ */
+void
+pgbq_validate_dedupe_key(const char *key, int element)
+{
+	if (key[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 element > 0 ?
+				 errmsg("dedupe key must not be an empty string (element %d of the array)", element) :
+				 errmsg("dedupe key must not be an empty string"),
+				 errhint("Pass NULL for a task without a dedupe key.")));
+	if (strlen(key) > PGBQ_DEDUPE_KEY_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 element > 0 ?
+				 errmsg("dedupe key is too long (element %d of the array)", element) :
+				 errmsg("dedupe key is too long"),
+				 errdetail("Dedupe keys are limited to %d bytes.", PGBQ_DEDUPE_KEY_MAXLEN)));
+}
+
+/*
+ * pgbq_insert_deduped
+ *		Insert one task with a dedupe key, or find the queued task of the
+ *		same owner, topic and key.  Inside SPI and a privileged section;
+ *		the caller passes the insert's first five arguments (sql, topic,
+ *		owner, priority, run_at) with their nulls.  Returns the id and
+ *		sets *inserted.
+ *
+ *		ON CONFLICT DO NOTHING waits for a concurrent inserter of the key;
+ *		if that one commits, nothing is inserted and the queued task is read
+ *		with a new snapshot (READ COMMITTED; under REPEATABLE READ the
+ *		conflict is a serialization failure, as PostgreSQL reports it).  A
+ *		queued task that starts running between the two statements leaves
+ *		the index, so the insert is simply tried again.
+ */
+int64
+pgbq_insert_deduped(const char *qualified_table, Datum *args5, const char *nulls5,
+					const char *key, bool *inserted)
+{
+	Oid			types[6] = {TEXTOID, TEXTOID, OIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
+	Datum		args[6];
+	char		nulls[7];
+	char	   *insert_sql;
+	char	   *select_sql;
+	int			round;
+
+	memcpy(args, args5, sizeof(Datum) * 5);
+	memcpy(nulls, nulls5, 5);
+	args[5] = CStringGetTextDatum(key);
+	nulls[5] = ' ';
+	nulls[6] = '\0';
+	insert_sql = psprintf("INSERT INTO %s AS t (sql_statement, topic, owner, priority, run_at, next_run_at, dedupe_key) "
+						  "VALUES ($1, $2, $3, $4, $5, COALESCE($5, now()), $6) "
+						  "ON CONFLICT (owner, (COALESCE(topic, '')), dedupe_key) "
+						  "WHERE dedupe_key IS NOT NULL "
+						  "AND state NOT IN ('running', 'finished', 'failed', 'cancelled') "
+						  "DO NOTHING RETURNING id",
+						  qualified_table);
+	select_sql = psprintf("SELECT id FROM %s t WHERE t.owner = $3 "
+						  "AND COALESCE(t.topic, '') = COALESCE($2, '') AND t.dedupe_key = $6 "
+						  "AND t.state NOT IN ('running', 'finished', 'failed', 'cancelled')",
+						  qualified_table);
+	for (round = 0; round < 100; round++)
+	{
+		bool		isnull;
+		int			rc;
+
+		rc = SPI_execute_with_args(insert_sql, 6, types, args, nulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not enqueue: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+		{
+			*inserted = true;
+			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		rc = SPI_execute_with_args(select_sql, 6, types, args, nulls, false, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "could not look up dedupe key: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+		{
+			*inserted = false;
+			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not enqueue a task with dedupe key \"%s\": the queued task of that key kept changing", key),
+			 errhint("Retry the transaction.")));
+	return 0;					/* keep the compiler quiet */
 }
