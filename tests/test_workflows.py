@@ -1,8 +1,10 @@
 """Workflows of version 1.2 on a real cluster: pause/resume per topic (cluster-wide,
-durable across restarts and crash restarts), and what a NOTIFY listener learns."""
+durable across restarts and crash restarts), what a NOTIFY listener learns, and dedupe keys
+through the workers' bookkeeping."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import psycopg
 import pytest
 
 from core_helpers import connect, enqueue, make_role, query, scalar, task, wait_tasks
-from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
+from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until, server_log
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +165,45 @@ def test_listener_not_granted_learns_only_ids_and_states(node: Any) -> None:
         poll_until(got, timeout=30, message="notification of the task's end")
     mine = [p for p in payloads if p.split(" ")[0] == str(tid)]
     assert mine == [f"{tid} finished"]
+
+
+@pytest.fixture(scope="module")
+def retry_node() -> Iterator[Any]:
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 2,
+            "pg_background_queue.worker_idle_timeout": "30s",
+            "pg_background_queue.topic_config": json.dumps(
+                {"dk": {"max_parallel_running_tasks_count": 1, "retry_count": 1}}
+            ),
+        }
+    )
+    query(n, "CREATE TABLE wf_gate (ok boolean)")
+    query(n, "GRANT ALL ON wf_gate TO PUBLIC")
+    yield n
+    destroy_node(n)
+
+
+def test_dedupe_key_of_a_task_coming_back_goes_to_the_newer_task(retry_node: Any) -> None:
+    """A failed attempt puts the task back (retrying) while a newer task holds its key:
+    the worker's bookkeeping must not trip over the unique index; the newer task keeps the
+    key and enqueue keeps returning it."""
+    node = retry_node
+    failing = (
+        "DO $$ BEGIN WHILE NOT EXISTS (SELECT 1 FROM public.wf_gate) LOOP "
+        "PERFORM pg_sleep(0.02); END LOOP; PERFORM 1 / 0; END $$"
+    )
+    first = int(
+        scalar(node, "SELECT pg_background_enqueue(%s, 'dk', dedupe_key => 'k')", (failing,))
+    )
+    wait_tasks(node, [first], states=("running",))
+    # running is not queued: the same key makes a new task (held back: topic limit 1)
+    second = int(scalar(node, "SELECT pg_background_enqueue('SELECT 2', 'dk', dedupe_key => 'k')"))
+    assert second != first
+    assert int(scalar(node, "SELECT pg_background_enqueue('SELECT 3', 'dk', dedupe_key => 'k')")) == second
+    query(node, "INSERT INTO wf_gate VALUES (true)")
+    rows = wait_tasks(node, [first, second], timeout=60)
+    assert [r["state"] for r in rows] == ["failed", "finished"]
+    assert rows[0]["attempts"] == 2  # the retry ran too
+    assert rows[0]["dedupe_key"] is None and rows[1]["dedupe_key"] == "k"
+    assert "duplicate key" not in server_log(node)
