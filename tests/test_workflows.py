@@ -8,13 +8,22 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
 from core_helpers import connect, enqueue, make_role, query, scalar, task, wait_tasks
-from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until, server_log
+from pg_background_queue import AsyncClient, Client, cli
+from pg_background_queue.errors import InvalidArgumentError, PermissionDeniedError
+from pg_background_queue.testing.cluster import (
+    conninfo,
+    destroy_node,
+    make_node,
+    poll_until,
+    server_log,
+)
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +209,89 @@ def test_dedupe_key_of_a_task_coming_back_goes_to_the_newer_task(retry_node: Any
     # running is not queued: the same key makes a new task (held back: topic limit 1)
     second = int(scalar(node, "SELECT pg_background_enqueue('SELECT 2', 'dk', dedupe_key => 'k')"))
     assert second != first
-    assert int(scalar(node, "SELECT pg_background_enqueue('SELECT 3', 'dk', dedupe_key => 'k')")) == second
+    assert (
+        int(scalar(node, "SELECT pg_background_enqueue('SELECT 3', 'dk', dedupe_key => 'k')"))
+        == second
+    )
     query(node, "INSERT INTO wf_gate VALUES (true)")
     rows = wait_tasks(node, [first, second], timeout=60)
     assert [r["state"] for r in rows] == ["failed", "finished"]
     assert rows[0]["attempts"] == 2  # the retry ran too
-    assert rows[0]["dedupe_key"] is None and rows[1]["dedupe_key"] == "k"
+    assert rows[0]["dedupe_key"] is None
+    assert rows[1]["dedupe_key"] == "k"
     assert "duplicate key" not in server_log(node)
+
+
+def test_client_dedupe_pause_resume(node: Any) -> None:
+    with Client(conninfo(node, user="wf_alice")) as alice:
+        first = alice.enqueue("SELECT 1", "cl", dedupe_key="refresh", run_at=timedelta(hours=1))
+        assert alice.enqueue("SELECT 2", "cl", dedupe_key="refresh") == first
+        assert alice.get(first).dedupe_key == "refresh"
+        ids = alice.enqueue_many(
+            ["SELECT 3", "SELECT 4", "SELECT 5"],
+            "cl",
+            run_at=timedelta(hours=1),
+            dedupe_keys=["refresh", None, "other"],
+        )
+        assert ids[0] == first
+        assert len(set(ids)) == 3
+        with pytest.raises(InvalidArgumentError):
+            alice.enqueue("SELECT 1", "cl", dedupe_key="")
+        with pytest.raises(InvalidArgumentError):
+            alice.enqueue_many(["SELECT 1"], dedupe_keys=["a", "b"])
+        # pause is for administrators
+        with pytest.raises(PermissionDeniedError):
+            alice.pause("cl")
+        for i in ids:
+            alice.cancel(i)
+    with Client(conninfo(node)) as admin:
+        assert admin.pause("cl") is True
+        assert admin.pause("cl") is False
+        assert [t.paused for t in admin.topics() if t.topic == "cl"] == [True]
+        assert admin.resume("cl") is True
+        assert admin.resume("cl") is False
+        assert admin.pause(None) is True
+        assert [t.topic for t in admin.topics() if t.paused] == [None]
+        assert admin.resume(None) is True
+
+
+async def test_async_client_dedupe_pause_resume(node: Any) -> None:
+    async with await AsyncClient.connect(conninfo(node)) as admin:
+        first = await admin.enqueue("SELECT 1", "acl", dedupe_key="k", run_at=timedelta(hours=1))
+        assert await admin.enqueue("SELECT 2", "acl", dedupe_key="k") == first
+        ids = await admin.enqueue_many(["SELECT 1", "SELECT 2"], "acl", dedupe_keys=["k", "k"])
+        assert ids == [first, first]
+        assert await admin.pause("acl") is True
+        assert [t.paused for t in await admin.topics() if t.topic == "acl"] == [True]
+        assert await admin.resume("acl") is True
+        assert await admin.cancel(first) is True
+
+
+def test_cli_dedupe_key_pause_resume(capsys: pytest.CaptureFixture[str], node: Any) -> None:
+    dsn = conninfo(node)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(["--dsn", dsn, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run("enqueue", "SELECT 1", "--topic", "cli", "--at", "1h", "--dedupe-key", "d")
+    assert code == 0
+    first = int(out)
+    code, out, _ = run("enqueue", "SELECT 2", "--topic", "cli", "--dedupe-key", "d")
+    assert (code, int(out)) == (0, first)
+    assert run("pause", "cli")[:2] == (0, "topic cli: paused\n")
+    assert run("pause", "cli")[:2] == (0, "topic cli: was already paused\n")
+    code, out, _ = run("topics")
+    assert code == 0
+    assert "paused" in out.splitlines()[0]
+    assert run("resume", "cli")[:2] == (0, "topic cli: resumed\n")
+    assert run("pause", "--default")[:2] == (0, "topic (default): paused\n")
+    assert run("resume", "--default")[:2] == (0, "topic (default): resumed\n")
+    code, _, err = run("pause")
+    assert code == 1
+    assert "--default" in err
+    code, _, err = run("enqueue", "SELECT 1", "--dedupe-key", "")
+    assert code == 1
+    assert "dedupe key must not be an empty string" in err
+    run("cancel", str(first))

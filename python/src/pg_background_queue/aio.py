@@ -92,9 +92,14 @@ class AsyncClient:
         topic: str | None = None,
         priority: int | None = None,
         run_at: RunAt = None,
+        *,
+        dedupe_key: str | None = None,
     ) -> int:
-        """Queue one SQL statement or script; ``run_at`` is a datetime or a delay."""
-        return await self._run(self.queries.enqueue(sql, topic, priority, run_at))
+        """Queue one SQL statement or script; ``run_at`` is a datetime or a delay.
+
+        With ``dedupe_key``, while a task of yours with the same topic and key is queued
+        (pending, retrying), nothing is added and that task's id is returned."""
+        return await self._run(self.queries.enqueue(sql, topic, priority, run_at, dedupe_key))
 
     async def enqueue_many(
         self,
@@ -102,9 +107,15 @@ class AsyncClient:
         topic: str | None = None,
         priority: int | None = None,
         run_at: RunAt = None,
+        *,
+        dedupe_keys: Sequence[str | None] | None = None,
     ) -> list[int]:
-        """Queue many statements in one round trip; ids in input order."""
-        return await self._run(self.queries.enqueue_many(sqls, topic, priority, run_at))
+        """Queue many statements in one round trip; ids in input order.
+
+        ``dedupe_keys``: one key (or None) per statement, as ``enqueue``'s ``dedupe_key``."""
+        return await self._run(
+            self.queries.enqueue_many(sqls, topic, priority, run_at, dedupe_keys)
+        )
 
     async def get(self, task_id: int) -> Task:
         """One task (:class:`~pg_background_queue.errors.TaskNotFoundError` if not visible)."""
@@ -180,6 +191,15 @@ class AsyncClient:
     async def retry(self, task_id: int) -> bool:
         """Queue a failed or cancelled task again; False if it is not in such a state."""
         return await self._run(self.queries.retry(task_id))
+
+    async def pause(self, topic: str | None) -> bool:
+        """Start no more tasks of ``topic`` (None: the default topic) in any database until
+        :meth:`resume`; running tasks finish.  Administrators only.  False if already paused."""
+        return await self._run(self.queries.pause(topic))
+
+    async def resume(self, topic: str | None) -> bool:
+        """Start tasks of a paused topic again.  False if it was not paused."""
+        return await self._run(self.queries.resume(topic))
 
     async def purge(self, older_than: timedelta | str = timedelta(0)) -> int:
         """Delete your tasks closed more than ``older_than`` ago (statistics are kept)."""

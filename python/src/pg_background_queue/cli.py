@@ -33,6 +33,9 @@ EXAMPLES = """examples:
   echo "REFRESH MATERIALIZED VIEW daily" | pgbq enqueue - --at 2h
   pgbq tasks --state failed --topic etl       what failed, and why
   pgbq wait 41 42 43 --timeout 600            block until they are done
+  pgbq enqueue "REFRESH MATERIALIZED VIEW daily" --dedupe-key daily
+                                              unless a refresh is already queued
+  pgbq pause maintenance; pgbq resume maintenance
   pgbq metrics --listen :9187                 Prometheus endpoint
   pgbq bench --output /tmp/bench              benchmark suite (BENCHMARKS.md, bench.png)
 
@@ -144,7 +147,9 @@ def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
 def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
     """Enqueue one task, optionally waiting for it."""
     text = sys.stdin.read() if args.sql == "-" else args.sql
-    task_id = client.enqueue(text, topic=args.topic, priority=args.priority, run_at=args.at)
+    task_id = client.enqueue(
+        text, topic=args.topic, priority=args.priority, run_at=args.at, dedupe_key=args.dedupe_key
+    )
     print(task_id)
     return _wait_and_report(client, args, [task_id]) if args.wait else 0
 
@@ -206,14 +211,37 @@ def cmd_topics(client: Client, args: argparse.Namespace) -> int:
             t.timeout_in_sec,
             t.pending,
             t.running,
+            t.paused,
         )
         for t in client.topics()
     ]
     headers = (
         "topic", "configured", "max parallel", "priority", "retries", "delay s", "timeout s",
-        "pending", "running",
+        "pending", "running", "paused",
     )  # fmt: skip
     print(render(headers, rows))
+    return 0
+
+
+def _topic_arg(args: argparse.Namespace) -> str | None:
+    if args.default == (args.topic is not None):
+        raise ValueError("name a TOPIC, or pass --default for the default topic (not both)")
+    return None if args.default else str(args.topic)
+
+
+def cmd_pause(client: Client, args: argparse.Namespace) -> int:
+    """Pause a topic."""
+    topic = _topic_arg(args)
+    changed = client.pause(topic)
+    print(f"topic {topic or '(default)'}: {'paused' if changed else 'was already paused'}")
+    return 0
+
+
+def cmd_resume(client: Client, args: argparse.Namespace) -> int:
+    """Resume a topic."""
+    topic = _topic_arg(args)
+    changed = client.resume(topic)
+    print(f"topic {topic or '(default)'}: {'resumed' if changed else 'was not paused'}")
     return 0
 
 
@@ -242,6 +270,8 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "purge": cmd_purge,
     "workers": cmd_workers,
     "topics": cmd_topics,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
     "metrics": cmd_metrics,
 }
 
@@ -295,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--at", type=parse_at, help="run at an ISO 8601 time, or after a delay (90s, 5m, 2h, 1d)"
     )
+    p.add_argument(
+        "--dedupe-key",
+        metavar="KEY",
+        help="if a task of yours with this topic and key is queued, print its id instead",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the task and show its result")
     _add_wait_options(p)
 
@@ -316,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("workers", help="live workers of the cluster")
     sub.add_parser("topics", help="effective configuration of each topic")
+
+    for name, text in (
+        ("pause", "start no more tasks of a topic, in every database (admin)"),
+        ("resume", "start tasks of a paused topic again (admin)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("topic", metavar="TOPIC", nargs="?", help="the topic")
+        p.add_argument("--default", action="store_true", help="the default (NULL) topic")
 
     p = sub.add_parser("metrics", help="Prometheus metrics (stdout, or HTTP with --listen)")
     p.add_argument("--listen", metavar="ADDR", help="serve /metrics on HOST:PORT")

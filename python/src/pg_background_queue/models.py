@@ -74,6 +74,7 @@ class Task:
     errors: str | None
     error_history: tuple[AttemptError, ...]
     worker_pid: int | None
+    dedupe_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -96,6 +97,7 @@ class Task:
             errors=row["errors"],
             error_history=tuple(AttemptError.from_json(e) for e in row["error_history"] or ()),
             worker_pid=row["worker_pid"],
+            dedupe_key=row.get("dedupe_key"),
         )
 
     @property
@@ -167,6 +169,7 @@ class Topic:
     timeout_in_sec: int
     pending: int
     running: int
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
