@@ -172,7 +172,122 @@ CREATE TRIGGER pg_background_tasks_dedupe_requeue
 		  AND NEW.state IS DISTINCT FROM OLD.state)
 	EXECUTE FUNCTION @extschema@._pg_background_queue_dedupe_requeue();
 
-/* enqueue and enqueue_many take keys: new signatures */
+/* ---------------------------------------------------------------------
+ * 1.2, part 4: dependencies (a DAG of SQL steps).
+ *
+ * A task enqueued with `after` (ids of prerequisite tasks) is `waiting`
+ * until every prerequisite is finished; the transaction that finishes the
+ * last one makes it pending.  A prerequisite that ends failed or cancelled
+ * cancels its waiting dependents in the same transaction (their own
+ * dependents follow, through the same trigger).
+ *
+ * Enqueue marks each prerequisite `has_dependents` (an UPDATE: it locks
+ * the prerequisite's row until the enqueue commits), so the end of a
+ * prerequisite and the enqueue of a dependent are serialized: whichever
+ * comes second sees the other.  Only rows marked so fire the trigger; the
+ * end of every other task pays for the WHEN test alone.  The trigger locks
+ * the dependents (FOR UPDATE, in id order) before it reads the other
+ * prerequisites, so two prerequisites ending at once cannot both miss
+ * that the other is done.
+ *
+ * 'waiting' is a new value of the state enum: PostgreSQL does not let the
+ * transaction that adds it use it, so nothing below names it as an enum
+ * literal (the trigger compares state::text; C code names it at run time).
+ * ------------------------------------------------------------------- */
+
+ALTER TYPE @extschema@.pg_background_queue_task_state ADD VALUE 'waiting';
+
+ALTER TABLE @extschema@.pg_background_tasks
+	ADD COLUMN after bigint[],
+	ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
+
+COMMENT ON COLUMN @extschema@.pg_background_tasks.after IS
+	'Prerequisite tasks: the task waits until every one of them is finished, and is cancelled if one fails or is cancelled';
+COMMENT ON COLUMN @extschema@.pg_background_tasks.has_dependents IS
+	'Some task was enqueued after this one (its end releases or cancels them)';
+
+CREATE INDEX pg_background_tasks_after_idx
+	ON @extschema@.pg_background_tasks USING gin (after)
+	WHERE after IS NOT NULL;
+
+/*
+ * Announce released dependents to the workers at commit (C: the same
+ * commit-time wake-up as enqueue).
+ */
+CREATE FUNCTION @extschema@._pg_background_queue_note_work(roles oid[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'pg_background_queue_note_work'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+REVOKE ALL ON FUNCTION @extschema@._pg_background_queue_note_work(oid[]) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@._pg_background_queue_after_end()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d record;
+	released oid[] := '{}';
+	why text;
+BEGIN
+	why := pg_catalog.format('prerequisite task %s %s', NEW.id, NEW.state);
+	IF NEW.errors IS NOT NULL THEN
+		why := why || ': ' || NEW.errors;
+	END IF;
+	FOR d IN
+		SELECT t.id, t.owner, t.after
+		  FROM @extschema@.pg_background_tasks t
+		 WHERE t.after @> ARRAY[NEW.id]
+		   AND t.state::text = 'waiting'
+		 ORDER BY t.id
+		   FOR UPDATE
+	LOOP
+		IF NEW.state::text = 'finished' THEN
+			IF NOT EXISTS (SELECT 1
+							 FROM @extschema@.pg_background_tasks p
+							WHERE p.id = ANY (d.after)
+							  AND p.state::text <> 'finished') THEN
+				UPDATE @extschema@.pg_background_tasks t
+				   SET state = 'pending',
+					   next_run_at = GREATEST(COALESCE(t.run_at, now()), now())
+				 WHERE t.id = d.id;
+				released := released || d.owner::oid;
+			END IF;
+		ELSE
+			UPDATE @extschema@.pg_background_tasks t
+			   SET state = 'cancelled',
+				   closed_at = now(),
+				   errors = why,
+				   error_history = t.error_history || jsonb_build_array(jsonb_build_object(
+						'attempt', t.attempts, 'sqlstate', '57014',
+						'message', 'cancelled: ' || why,
+						'detail', pg_catalog.format('prerequisite task %s', NEW.id),
+						'at', now()))
+			 WHERE t.id = d.id;
+			IF pg_catalog.current_setting('pg_background_queue.notify', true) = 'on' THEN
+				PERFORM pg_catalog.pg_notify('pg_background_queue', d.id || ' cancelled');
+			END IF;
+		END IF;
+	END LOOP;
+	IF pg_catalog.cardinality(released) > 0 THEN
+		PERFORM @extschema@._pg_background_queue_note_work(released);
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION @extschema@._pg_background_queue_after_end() FROM PUBLIC;
+
+CREATE TRIGGER pg_background_tasks_after_end
+	AFTER UPDATE ON @extschema@.pg_background_tasks
+	FOR EACH ROW
+	WHEN (OLD.has_dependents
+		  AND NEW.state IN ('finished', 'failed', 'cancelled')
+		  AND NEW.state IS DISTINCT FROM OLD.state)
+	EXECUTE FUNCTION @extschema@._pg_background_queue_after_end();
+
+/* enqueue takes a key and prerequisites, enqueue_many keys: new signatures */
 DROP FUNCTION @extschema@.pg_background_enqueue(text, text, integer, timestamptz);
 DROP FUNCTION @extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz);
 
@@ -181,13 +296,14 @@ CREATE FUNCTION @extschema@.pg_background_enqueue(
 	topic text DEFAULT NULL,
 	priority integer DEFAULT NULL,
 	run_at timestamptz DEFAULT NULL,
-	dedupe_key text DEFAULT NULL)
+	dedupe_key text DEFAULT NULL,
+	after bigint[] DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'pg_background_enqueue'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
-COMMENT ON FUNCTION @extschema@.pg_background_enqueue(text, text, integer, timestamptz, text) IS
-	'Queue one SQL statement (or script) to run in the background as the current role; with a dedupe key, return the queued task of that key instead if there is one';
+COMMENT ON FUNCTION @extschema@.pg_background_enqueue(text, text, integer, timestamptz, text, bigint[]) IS
+	'Queue one SQL statement (or script) to run in the background as the current role; with a dedupe key, return the queued task of that key instead if there is one; with after, wait until those tasks are finished';
 
 CREATE FUNCTION @extschema@.pg_background_enqueue_many(
 	sqls text[],
@@ -203,7 +319,7 @@ COMMENT ON FUNCTION @extschema@.pg_background_enqueue_many(text[], text, integer
 	'Queue many SQL statements in one call (dedupe_keys: one key or NULL per statement); returns their ids in input order';
 
 REVOKE ALL ON FUNCTION
-	@extschema@.pg_background_enqueue(text, text, integer, timestamptz, text),
+	@extschema@.pg_background_enqueue(text, text, integer, timestamptz, text, bigint[]),
 	@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz, text[])
 FROM PUBLIC;
 
@@ -229,7 +345,7 @@ BEGIN
 				   '@extschema@.pg_background_queue_topics, '
 				   '@extschema@.pg_background_queue_workers TO %s', role);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION '
-				   '@extschema@.pg_background_enqueue(text, text, integer, timestamptz, text), '
+				   '@extschema@.pg_background_enqueue(text, text, integer, timestamptz, text, bigint[]), '
 				   '@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz, text[]), '
 				   '@extschema@.pg_background_cancel(bigint), '
 				   '@extschema@.pg_background_retry(bigint), '

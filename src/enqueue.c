@@ -121,7 +121,7 @@ pgbq_xact_callback(XactEvent event, void *arg)
  * pgbq_remember_work
  *		Note work to announce when the current transaction commits.
  */
-static void
+void
 pgbq_remember_work(Oid roleoid, int ready, TimestampTz future)
 {
 	PgbqPendingWork *w = NULL;
@@ -396,8 +396,9 @@ pgbq_prepare_insert(const PgbqCatalog *cat)
  */
 static int64 *
 pgbq_insert_keyed(const PgbqCatalog *cat, bool many, Datum sqls, Datum *args,
-				  char *nulls, char **keys, MemoryContext ctx,
-				  uint64 *nids, uint64 *ninserted)
+				  char *nulls, char **keys, Datum after, bool has_after,
+				  MemoryContext ctx, uint64 *nids, uint64 *ninserted,
+				  bool *runnable)
 {
 	Datum	   *elems;
 	int			nelems;
@@ -420,14 +421,25 @@ pgbq_insert_keyed(const PgbqCatalog *cat, bool many, Datum sqls, Datum *args,
 		bool		isnull;
 
 		args[0] = elems[i];
-		if (keys[i] != NULL)
+		if (keys[i] != NULL || has_after)
 		{
 			bool		inserted;
+			const char *state = "pending";
+			char	   *errors = NULL;
 
-			ids[i] = pgbq_insert_deduped(cat->qualified_table, args, nulls,
-										 keys[i], &inserted);
+			if (has_after)
+				state = pgbq_prerequisites(cat->qualified_table, after,
+										   DatumGetObjectId(args[2]), &errors);
+			ids[i] = pgbq_insert_workflow(cat->qualified_table,
+										  cat->qualified_schema, args, nulls,
+										  keys[i], state, after, has_after,
+										  errors, &inserted);
 			if (inserted)
+			{
 				(*ninserted)++;
+				if (strcmp(state, "pending") != 0)
+					*runnable = false;
+			}
 			continue;
 		}
 		rc = SPI_execute_plan(pgbq_insert_plan, args, nulls, false, 0);
@@ -451,7 +463,8 @@ pgbq_insert_keyed(const PgbqCatalog *cat, bool many, Datum sqls, Datum *args,
  */
 static int64 *
 pgbq_insert(bool many, Datum sqls, const char *topic, int32 priority,
-			TimestampTz run_at, char **keys, uint64 *nids, uint64 *ninserted)
+			TimestampTz run_at, char **keys, Datum after, bool has_after,
+			uint64 *nids, uint64 *ninserted, bool *runnable)
 {
 	PgbqCatalog cat;
 	Oid			save_userid;
@@ -481,10 +494,14 @@ pgbq_insert(bool many, Datum sqls, const char *topic, int32 priority,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	pgbq_prepare_insert(&cat);
-	if (keys != NULL)
+	*runnable = true;
+	if (keys != NULL || has_after)
 	{
-		ids = pgbq_insert_keyed(&cat, many, sqls, args, nulls, keys, ctx,
-								nids, ninserted);
+		char	   *nokey = NULL;
+
+		ids = pgbq_insert_keyed(&cat, many, sqls, args, nulls,
+								keys ? keys : &nokey, after, has_after, ctx,
+								nids, ninserted, runnable);
 		SPI_finish();
 		pgbq_end_privileged(nest, save_userid, save_sec);
 		return ids;
@@ -538,6 +555,8 @@ pg_background_enqueue(PG_FUNCTION_ARGS)
 	uint64		ninserted;
 	int64	   *ids;
 	char	   *key = NULL;
+	bool		has_after = false;
+	bool		runnable;
 
 	pgbq_check_preloaded();
 	if (PG_ARGISNULL(0))
@@ -553,12 +572,17 @@ pg_background_enqueue(PG_FUNCTION_ARGS)
 		key = text_to_cstring(PG_GETARG_TEXT_PP(4));
 		pgbq_validate_dedupe_key(key, 0);
 	}
+	/* and prerequisites */
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
+		has_after = pgbq_after_arg(PG_GETARG_ARRAYTYPE_P(5));
 
 	ids = pgbq_insert(false, PG_GETARG_DATUM(0), topic, priority, run_at,
-					  key ? &key : NULL, &n, &ninserted);
+					  key ? &key : NULL,
+					  has_after ? PointerGetDatum(PG_GETARG_ARRAYTYPE_P(5)) : (Datum) 0,
+					  has_after, &n, &ninserted, &runnable);
 	if (n != 1)
 		elog(ERROR, "enqueue inserted " UINT64_FORMAT " rows", n);
-	if (ninserted > 0)
+	if (ninserted > 0 && runnable)
 		pgbq_note_enqueued(1, run_at);
 	PG_RETURN_INT64(ids[0]);
 }
@@ -660,8 +684,10 @@ pg_background_enqueue_many(PG_FUNCTION_ARGS)
 		keys = pgbq_dedupe_keys_arg(PG_GETARG_ARRAYTYPE_P(4), nelems);
 	if (nelems > 0)
 	{
+		bool		runnable;
+
 		ids = pgbq_insert(true, PointerGetDatum(arr), topic, priority, run_at,
-						  keys, &n, &ninserted);
+						  keys, (Datum) 0, false, &n, &ninserted, &runnable);
 		if (n != (uint64) nelems)
 			elog(ERROR, "enqueue inserted " UINT64_FORMAT " rows for %d statements",
 				 n, nelems);
@@ -761,7 +787,7 @@ pg_background_cancel(PG_FUNCTION_ARGS)
 										  "'attempt', t.attempts, 'sqlstate', '57014', "
 										  "'message', 'cancelled by pg_background_cancel()', "
 										  "'detail', %s, 'at', now())) "
-										  "WHERE t.id = $1 AND t.state IN ('pending', 'retrying')",
+										  "WHERE t.id = $1 AND t.state IN ('pending', 'retrying', 'waiting')",
 										  quote_literal_cstr(psprintf("cancelled by role %s",
 																	  GetUserNameFromId(GetUserId(), false)))),
 								 id, &running);
@@ -790,9 +816,15 @@ pg_background_retry(PG_FUNCTION_ARGS)
 	pgbq_check_preloaded();
 	pgbq_catalog_lookup(&cat, false);
 	owner = pgbq_update_own_task(&cat,
-								 "state = 'pending', next_run_at = now(), closed_at = NULL, "
-								 "attempts = 0, retry_count = 0, retry_delay_in_sec = 0 "
-								 "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
+								 psprintf("state = CASE WHEN t.after IS NOT NULL AND EXISTS ("
+										  "SELECT 1 FROM %s p WHERE p.id = ANY (t.after) "
+										  "AND p.state <> 'finished') "
+										  "THEN 'waiting' ELSE 'pending' END"
+										  "::%s.pg_background_queue_task_state, "
+										  "next_run_at = now(), closed_at = NULL, "
+										  "attempts = 0, retry_count = 0, retry_delay_in_sec = 0 "
+										  "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
+										  cat.qualified_table, cat.qualified_schema),
 								 id, NULL);
 	if (!OidIsValid(owner))
 		PG_RETURN_BOOL(false);

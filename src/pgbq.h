@@ -191,9 +191,15 @@ extern Size pgbq_paused_shmem_size(void);
 extern void pgbq_paused_shmem_init(void);
 extern bool pgbq_topic_paused(const char *topic);
 extern void pgbq_validate_dedupe_key(const char *key, int element);
-extern int64 pgbq_insert_deduped(const char *qualified_table, Datum *args5,
-								 const char *nulls5, const char *key,
-								 bool *inserted);
+extern int64 pgbq_insert_workflow(const char *qualified_table,
+								  const char *qualified_schema,
+								  Datum *args5, const char *nulls5,
+								  const char *key, const char *state,
+								  Datum after, bool has_after,
+								  const char *errors, bool *inserted);
+extern bool pgbq_after_arg(struct ArrayType *after);
+extern const char *pgbq_prerequisites(const char *qualified_table, Datum after,
+									  Oid userid, char **errors);
 
 /* ---------------------------------------------------------------------
  * Catalog helpers (catalog.c)
@@ -244,5 +250,6 @@ extern void pgbq_reset_session(void);
  * ------------------------------------------------------------------- */
 
 extern void pgbq_enqueue_init(void);
+extern void pgbq_remember_work(Oid roleoid, int ready, TimestampTz future);
 
 #endif							/* PGBQ_H */

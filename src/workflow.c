@@ -2,7 +2,8 @@
  *
  * workflow.c
  *	  Workflow features of version 1.2: pausing and resuming topics, dedupe
- *	  keys.
+ *	  keys, dependencies (the enqueue side; the release and cascade are the
+ *	  trigger _pg_background_queue_after_end in the SQL script).
  *
  * A paused topic is a cluster-wide setting, like the other topic settings:
  * it holds for every database.  The set of paused topics lives in shared
@@ -38,6 +39,8 @@
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "storage/shmem.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 
 #include "compat.h"
@@ -46,6 +49,7 @@
 PG_FUNCTION_INFO_V1(pg_background_queue_pause);
 PG_FUNCTION_INFO_V1(pg_background_queue_resume);
 PG_FUNCTION_INFO_V1(pg_background_queue_paused_topics);
+PG_FUNCTION_INFO_V1(pg_background_queue_note_work);
 
 #define PGBQ_PAUSED_FILE		"pg_background_queue.paused"
 #define PGBQ_PAUSED_FILE_TMP	PGBQ_PAUSED_FILE ".tmp"
@@ -402,53 +406,71 @@ pgbq_validate_dedupe_key(const char *key, int element)
 }
 
 /*
- * pgbq_insert_deduped
- *		Insert one task with a dedupe key, or find the queued task of the
- *		same owner, topic and key.  Inside SPI and a privileged section;
- *		the caller passes the insert's first five arguments (sql, topic,
- *		owner, priority, run_at) with their nulls.  Returns the id and
- *		sets *inserted.
+ * pgbq_insert_workflow
+ *		Insert one task with a dedupe key and/or prerequisites, or find the
+ *		queued task of the same owner, topic and key.  Inside SPI and a
+ *		privileged section; the caller passes the insert's first five
+ *		arguments (sql, topic, owner, priority, run_at) with their nulls,
+ *		the key (or NULL), the initial state, the prerequisites (or NULL)
+ *		and, for a task cancelled at enqueue, its error.  Returns the id
+ *		and sets *inserted.
  *
- *		ON CONFLICT DO NOTHING waits for a concurrent inserter of the key;
- *		if that one commits, nothing is inserted and the queued task is read
- *		with a new snapshot (READ COMMITTED; under REPEATABLE READ the
- *		conflict is a serialization failure, as PostgreSQL reports it).  A
- *		queued task that starts running between the two statements leaves
- *		the index, so the insert is simply tried again.
+ *		With a key, ON CONFLICT DO NOTHING waits for a concurrent inserter
+ *		of the key; if that one commits, nothing is inserted and the queued
+ *		task is read with a new snapshot (READ COMMITTED; under REPEATABLE
+ *		READ the conflict is a serialization failure, as PostgreSQL reports
+ *		it).  A queued task that starts running between the two statements
+ *		leaves the index, so the insert is simply tried again.
  */
 int64
-pgbq_insert_deduped(const char *qualified_table, Datum *args5, const char *nulls5,
-					const char *key, bool *inserted)
+pgbq_insert_workflow(const char *qualified_table, const char *qualified_schema,
+					 Datum *args5, const char *nulls5, const char *key,
+					 const char *state, Datum after, bool has_after,
+					 const char *errors, bool *inserted)
 {
-	Oid			types[6] = {TEXTOID, TEXTOID, OIDOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
-	Datum		args[6];
-	char		nulls[7];
+	Oid			types[9] = {TEXTOID, TEXTOID, OIDOID, INT4OID, TIMESTAMPTZOID,
+	TEXTOID, TEXTOID, INT8ARRAYOID, TEXTOID};
+	Datum		args[9];
+	char		nulls[10];
 	char	   *insert_sql;
 	char	   *select_sql;
 	int			round;
 
 	memcpy(args, args5, sizeof(Datum) * 5);
 	memcpy(nulls, nulls5, 5);
-	args[5] = CStringGetTextDatum(key);
-	nulls[5] = ' ';
-	nulls[6] = '\0';
-	insert_sql = psprintf("INSERT INTO %s AS t (sql_statement, topic, owner, priority, run_at, next_run_at, dedupe_key) "
-						  "VALUES ($1, $2, $3, $4, $5, COALESCE($5, now()), $6) "
-						  "ON CONFLICT (owner, (COALESCE(topic, '')), dedupe_key) "
+	args[5] = key ? CStringGetTextDatum(key) : (Datum) 0;
+	nulls[5] = key ? ' ' : 'n';
+	args[6] = CStringGetTextDatum(state);
+	nulls[6] = ' ';
+	args[7] = has_after ? after : (Datum) 0;
+	nulls[7] = has_after ? ' ' : 'n';
+	args[8] = errors ? CStringGetTextDatum(errors) : (Datum) 0;
+	nulls[8] = errors ? ' ' : 'n';
+	nulls[9] = '\0';
+	insert_sql = psprintf("INSERT INTO %s AS t (sql_statement, topic, owner, priority, run_at, next_run_at, "
+						  "dedupe_key, state, after, errors, closed_at) "
+						  "VALUES ($1, $2, $3, $4, $5, COALESCE($5, now()), $6, "
+						  "CAST($7 AS %s.pg_background_queue_task_state), $8, $9, "
+						  "CASE WHEN $9 IS NOT NULL THEN now() END) "
+						  "%s RETURNING id",
+						  qualified_table, qualified_schema,
+						  key ? "ON CONFLICT (owner, (COALESCE(topic, '')), dedupe_key) "
 						  "WHERE dedupe_key IS NOT NULL "
 						  "AND state NOT IN ('running', 'finished', 'failed', 'cancelled') "
-						  "DO NOTHING RETURNING id",
-						  qualified_table);
-	select_sql = psprintf("SELECT id FROM %s t WHERE t.owner = $3 "
-						  "AND COALESCE(t.topic, '') = COALESCE($2, '') AND t.dedupe_key = $6 "
+						  "DO NOTHING" : "");
+	select_sql = psprintf("SELECT id FROM %s t WHERE t.owner = $1 "
+						  "AND COALESCE(t.topic, '') = COALESCE($2, '') AND t.dedupe_key = $3 "
 						  "AND t.state NOT IN ('running', 'finished', 'failed', 'cancelled')",
 						  qualified_table);
 	for (round = 0; round < 100; round++)
 	{
 		bool		isnull;
 		int			rc;
+		Oid			stypes[3] = {OIDOID, TEXTOID, TEXTOID};
+		Datum		sargs[3];
+		char		snulls[3];
 
-		rc = SPI_execute_with_args(insert_sql, 6, types, args, nulls, false, 0);
+		rc = SPI_execute_with_args(insert_sql, 9, types, args, nulls, false, 0);
 		if (rc != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not enqueue: %s", SPI_result_code_string(rc));
 		if (SPI_processed == 1)
@@ -457,7 +479,14 @@ pgbq_insert_deduped(const char *qualified_table, Datum *args5, const char *nulls
 			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											   SPI_tuptable->tupdesc, 1, &isnull));
 		}
-		rc = SPI_execute_with_args(select_sql, 6, types, args, nulls, false, 1);
+		Assert(key != NULL);
+		sargs[0] = args[2];
+		sargs[1] = args[1];
+		sargs[2] = args[5];
+		snulls[0] = ' ';
+		snulls[1] = nulls[1];
+		snulls[2] = ' ';
+		rc = SPI_execute_with_args(select_sql, 3, stypes, sargs, snulls, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "could not look up dedupe key: %s", SPI_result_code_string(rc));
 		if (SPI_processed == 1)
@@ -473,4 +502,134 @@ pgbq_insert_deduped(const char *qualified_table, Datum *args5, const char *nulls
 			 errmsg("could not enqueue a task with dedupe key \"%s\": the queued task of that key kept changing", key),
 			 errhint("Retry the transaction.")));
 	return 0;					/* keep the compiler quiet */
+}
+
+/* ---------------------------------------------------------------------
+ * Dependencies
+ * ------------------------------------------------------------------- */
+
+/*
+ * pgbq_after_arg
+ *		Validate enqueue's `after`: one-dimensional, no NULLs.  Returns
+ *		false for an empty array (no prerequisites).
+ */
+bool
+pgbq_after_arg(ArrayType *after)
+{
+	Datum	   *elems;
+	bool	   *elemnulls;
+	int			n;
+	int			i;
+
+	if (ARR_NDIM(after) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("array of prerequisite tasks must be one-dimensional")));
+	deconstruct_array(after, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &elemnulls, &n);
+	for (i = 0; i < n; i++)
+		if (elemnulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("prerequisite task ids must not be NULL (element %d of after)", i + 1)));
+	return n > 0;
+}
+
+/*
+ * pgbq_prerequisites
+ *		Mark the prerequisites of a new task (has_dependents) and decide the
+ *		task's initial state: pending if all are finished, cancelled (with
+ *		*errors saying why) if one failed or was cancelled, else waiting.
+ *		Every id must name a task the caller may see (the RLS rule), else
+ *		nothing is enqueued.  Inside SPI and a privileged section.
+ *
+ *		The UPDATE locks each prerequisite's row until the enqueue commits:
+ *		a prerequisite ending meanwhile waits, then fires the release
+ *		trigger (which sees the new task); one that ended first is read
+ *		here in its final state.
+ */
+const char *
+pgbq_prerequisites(const char *qualified_table, Datum after, Oid userid,
+				   char **errors)
+{
+	Oid			types[2] = {INT8ARRAYOID, OIDOID};
+	Datum		args[2];
+	int			rc;
+	uint64		i;
+	int			nrequested;
+	bool		all_finished = true;
+	StringInfoData missing;
+
+	*errors = NULL;
+	args[0] = after;
+	args[1] = ObjectIdGetDatum(userid);
+	rc = SPI_execute_with_args(psprintf("WITH wanted AS (SELECT DISTINCT u.id FROM unnest($1) AS u(id)), "
+										"marked AS (UPDATE %s t SET has_dependents = true FROM wanted w "
+										"WHERE t.id = w.id AND pg_catalog.pg_has_role($2, t.owner, 'USAGE') "
+										"RETURNING t.id, t.state::text AS state, t.errors) "
+										"SELECT w.id, m.state, m.errors FROM wanted w "
+										"LEFT JOIN marked m ON m.id = w.id ORDER BY w.id",
+										qualified_table),
+							   2, types, args, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read prerequisites: %s", SPI_result_code_string(rc));
+	nrequested = (int) SPI_processed;
+	initStringInfo(&missing);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *id = SPI_getvalue(tup, desc, 1);
+		char	   *state = SPI_getvalue(tup, desc, 2);
+
+		if (state == NULL)
+		{
+			appendStringInfo(&missing, "%s%s", missing.len > 0 ? ", " : "", id);
+			continue;
+		}
+		if (strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0)
+		{
+			if (*errors == NULL)
+			{
+				char	   *err = SPI_getvalue(tup, desc, 3);
+
+				*errors = psprintf("prerequisite task %s %s%s%s", id, state,
+								   err ? ": " : "", err ? err : "");
+			}
+		}
+		else if (strcmp(state, "finished") != 0)
+			all_finished = false;
+	}
+	if (missing.len > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("prerequisite task(s) %s do not exist or are not yours", missing.data),
+				 errdetail("A task can only wait for tasks its role may see."),
+				 errhint("Tasks pruned by retention no longer exist; leave finished ones out.")));
+	(void) nrequested;
+	if (*errors != NULL)
+		return "cancelled";
+	return all_finished ? "pending" : "waiting";
+}
+
+/*
+ * pg_background_queue_note_work
+ *		Called by the release trigger: announce released tasks of these
+ *		roles to the workers when the transaction commits.
+ */
+Datum
+pg_background_queue_note_work(PG_FUNCTION_ARGS)
+{
+	ArrayType  *roles = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *elemnulls;
+	int			n;
+	int			i;
+
+	deconstruct_array(roles, OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+					  &elems, &elemnulls, &n);
+	for (i = 0; i < n; i++)
+		if (!elemnulls[i])
+			pgbq_remember_work(DatumGetObjectId(elems[i]), 1, 0);
+	PG_RETURN_VOID();
 }
