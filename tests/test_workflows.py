@@ -1,6 +1,7 @@
 """Workflows of version 1.2 on a real cluster: pause/resume per topic (cluster-wide,
-durable across restarts and crash restarts), what a NOTIFY listener learns, and dedupe keys
-through the workers' bookkeeping."""
+durable across restarts and crash restarts), what a NOTIFY listener learns, dedupe keys
+through the workers' bookkeeping, and dependencies (a diamond under 8 workers, a failure
+cascade, kill -9 during a step); the client and CLI for each."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from core_helpers import connect, enqueue, make_role, query, scalar, task, wait_tasks
-from pg_background_queue import AsyncClient, Client, cli
+from pg_background_queue import AsyncClient, Client, TaskState, cli
 from pg_background_queue.errors import InvalidArgumentError, PermissionDeniedError
 from pg_background_queue.testing.cluster import (
     conninfo,
@@ -295,3 +296,142 @@ def test_cli_dedupe_key_pause_resume(capsys: pytest.CaptureFixture[str], node: A
     assert code == 1
     assert "dedupe key must not be an empty string" in err
     run("cancel", str(first))
+
+
+# ---------------------------------------------------------------------------
+# Dependencies
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dag_node() -> Iterator[Any]:
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 8,
+            "pg_background_queue.worker_idle_timeout": "30s",
+            "pg_background_queue.topic_config": json.dumps(
+                {"once": {"retry_count": 0}, "again": {"retry_count": 3}}
+            ),
+            "restart_after_crash": "on",
+        }
+    )
+    query(n, "CREATE TABLE steps (name text, at timestamptz DEFAULT clock_timestamp())")
+    query(n, "GRANT ALL ON steps TO PUBLIC")
+    make_role(n, "wf_dag")
+    yield n
+    destroy_node(n)
+
+
+def step(name: str, seconds: float = 0.0) -> str:
+    sleep = f"SELECT pg_sleep({seconds}); " if seconds else ""
+    return f"{sleep}INSERT INTO public.steps (name) VALUES ('{name}')"
+
+
+def test_diamond_runs_in_order_under_8_workers(dag_node: Any) -> None:
+    node = dag_node
+    with Client(conninfo(node, user="wf_dag")) as c:
+        for round_ in range(3):
+            p = f"r{round_}"
+            a = c.enqueue(step(f"{p}a", 0.2), "dag")
+            b = [c.enqueue(step(f"{p}b{i}", 0.05 * i), "dag", after=[a]) for i in range(6)]
+            d = c.enqueue(step(f"{p}d"), "dag", after=b)
+            assert c.get(d).state is TaskState.WAITING
+            assert c.get(d).after == tuple(b)
+            tasks = c.wait([a, *b, d], timeout=60)
+            assert [t.state for t in tasks] == [TaskState.FINISHED] * 8
+            by_id = {t.id: t for t in tasks}
+            # each step started after every prerequisite had finished, and ran once
+            for dep in b:
+                assert by_id[dep].started_at >= by_id[a].closed_at
+                assert by_id[d].started_at >= by_id[dep].closed_at
+            counts = query(
+                node,
+                "SELECT name, count(*) AS n, min(at) AS at FROM steps WHERE name LIKE %s "
+                "GROUP BY name",
+                (f"{p}%",),
+            )
+            assert sorted(r["n"] for r in counts) == [1] * 8
+            at = {r["name"]: r["at"] for r in counts}
+            assert all(at[f"{p}a"] < at[f"{p}b{i}"] < at[f"{p}d"] for i in range(6))
+
+
+def test_failure_in_the_middle_cancels_exactly_its_descendants(dag_node: Any) -> None:
+    with Client(conninfo(dag_node, user="wf_dag")) as c:
+        root = c.enqueue("SELECT 1", "once")
+        bad = c.enqueue("SELECT 1 / 0", "once", after=[root])
+        child = c.enqueue("SELECT 2", "once", after=[bad])
+        grandchild = c.enqueue("SELECT 3", "once", after=[child, root])
+        sibling = c.enqueue("SELECT 4", "once", after=[root])
+        tasks = c.wait([root, bad, child, grandchild, sibling], timeout=60)
+        assert [t.state for t in tasks] == [
+            TaskState.FINISHED,
+            TaskState.FAILED,
+            TaskState.CANCELLED,
+            TaskState.CANCELLED,
+            TaskState.FINISHED,
+        ]
+        assert tasks[2].errors == f"prerequisite task {bad} failed: division by zero"
+        assert tasks[3].errors is not None
+        assert tasks[3].errors.startswith(f"prerequisite task {child} cancelled")
+        assert tasks[2].started_at is None  # never ran
+        # re-run the branch: the failed step, then its cancelled descendants
+        query(
+            dag_node, f"UPDATE pg_background_tasks SET sql_statement = 'SELECT 1' WHERE id = {bad}"
+        )
+        for t in (bad, child, grandchild):
+            assert c.retry(t) is True
+        rerun = c.wait([bad, child, grandchild], timeout=60)
+        assert [t.state for t in rerun] == [TaskState.FINISHED] * 3
+
+
+def test_kill_9_during_a_step_neither_releases_early_nor_loses(dag_node: Any) -> None:
+    node = dag_node
+    query(node, "CREATE TABLE IF NOT EXISTS kill_gate (ok boolean)")
+    query(node, "GRANT ALL ON kill_gate TO PUBLIC")
+    with Client(conninfo(node, user="wf_dag")) as c:
+        first = c.enqueue(
+            "DO $$ BEGIN WHILE NOT EXISTS (SELECT 1 FROM public.kill_gate) LOOP "
+            "PERFORM pg_sleep(0.05); END LOOP; END $$; " + step("k1"),
+            "again",
+        )
+        after_first = c.enqueue(step("k2"), "again", after=[first])
+        last = c.enqueue(step("k3"), "again", after=[after_first])
+    wait_tasks(node, [first], states=("running",))
+    pid = task(node, first)["worker_pid"]
+    os.kill(pid, signal.SIGKILL)  # the postmaster restarts the whole cluster
+
+    def recovered() -> bool:
+        try:
+            row = task(node, first)
+        except psycopg.OperationalError:
+            return False
+        return row["state"] == "retrying" or row["attempts"] >= 2
+
+    poll_until(recovered, timeout=60, message="first step back in the queue after the crash")
+    assert task(node, after_first)["state"] == "waiting"
+    assert task(node, last)["state"] == "waiting"
+    query(node, "INSERT INTO kill_gate VALUES (true)")
+    rows = wait_tasks(node, [first, after_first, last], timeout=90)
+    assert [r["state"] for r in rows] == ["finished"] * 3
+    assert rows[0]["attempts"] == 2  # the killed attempt counted
+    assert rows[1]["started_at"] >= rows[0]["closed_at"]
+    assert rows[2]["started_at"] >= rows[1]["closed_at"]
+    counts = query(node, "SELECT name, count(*) AS n FROM steps WHERE name LIKE 'k%' GROUP BY 1")
+    assert {r["name"]: r["n"] for r in counts} == {"k1": 1, "k2": 1, "k3": 1}
+
+
+def test_cli_after(capsys: pytest.CaptureFixture[str], dag_node: Any) -> None:
+    dsn = conninfo(dag_node)
+    assert cli.main(["--dsn", dsn, "enqueue", "SELECT 1", "--at", "1h"]) == 0
+    first = int(capsys.readouterr().out)
+    assert cli.main(["--dsn", dsn, "enqueue", "SELECT 2", "--after", f"{first}"]) == 0
+    second = int(capsys.readouterr().out)
+    assert task(dag_node, second)["state"] == "waiting"
+    assert cli.main(["--dsn", dsn, "tasks", "--state", "waiting"]) == 0
+    assert f"{second}" in capsys.readouterr().out
+    assert cli.main(["--dsn", dsn, "enqueue", "SELECT 3", "--after", "999999"]) == 1
+    assert "do not exist or are not yours" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--dsn", dsn, "enqueue", "SELECT 3", "--after", "x,y"])
+    assert cli.main(["--dsn", dsn, "cancel", str(first)]) == 0
+    assert task(dag_node, second)["state"] == "cancelled"

@@ -34,7 +34,7 @@ NOTIFY_CHANNEL = "pg_background_queue"
 TASK_COLUMNS = (
     "id", "sql_statement", "topic", "owner", "priority", "state", "joined_at", "run_at",
     "next_run_at", "started_at", "closed_at", "attempts", "retry_count", "retry_delay_in_sec",
-    "errors", "error_history", "worker_pid", "dedupe_key",
+    "errors", "error_history", "worker_pid", "dedupe_key", "after",
 )  # fmt: skip
 TERMINAL = ("finished", "failed", "cancelled")
 
@@ -97,11 +97,21 @@ class Queries:
         priority: int | None,
         run_at: RunAt,
         dedupe_key: str | None = None,
+        after: Sequence[int] | None = None,
     ) -> Query[int]:
         """``pg_background_enqueue``: the new task's id (with ``dedupe_key``: the queued
-        task of that key, if there is one)."""
+        task of that key, if there is one; with ``after``: waiting for those tasks)."""
+        if after is not None and isinstance(after, int | str):
+            raise InvalidArgumentError("after takes a sequence of task ids")
         return self._enqueue(
-            "pg_background_enqueue", sql_text, topic, priority, run_at, _first, dedupe_key
+            "pg_background_enqueue",
+            sql_text,
+            topic,
+            priority,
+            run_at,
+            _first,
+            dedupe_key,
+            None if after is None else [int(i) for i in after],
         )
 
     def enqueue_many(
@@ -140,10 +150,16 @@ class Queries:
         run_at: RunAt,
         parse: Callable[[Sequence[Row]], T],
         dedupe: str | list[str | None] | None = None,
+        after: list[int] | None = None,
     ) -> Query[T]:
         at, delay = _run_at(run_at)
-        # the key argument only when given: the call stays valid for extension 1.1
-        key = sql.SQL(", %(dedupe)s") if dedupe is not None else sql.SQL("")
+        # 1.2's arguments only when given (by name): the call stays valid for extension 1.1
+        key: sql.Composable = sql.SQL("")
+        if dedupe is not None:
+            name = "dedupe_key" if isinstance(dedupe, str) else "dedupe_keys"
+            key += sql.SQL(", {} => %(dedupe)s").format(sql.Identifier(name))
+        if after is not None:
+            key += sql.SQL(", after => %(after)s::bigint[]")
         stmt = sql.SQL(
             "SELECT * FROM {}(%(sql)s, %(topic)s, %(priority)s::integer, "
             "coalesce(%(at)s::timestamptz, statement_timestamp() + %(delay)s::interval){})"
@@ -155,6 +171,7 @@ class Queries:
             "at": at,
             "delay": delay,
             "dedupe": dedupe,
+            "after": after,
         }
         return Query(stmt, params, parse)
 

@@ -94,12 +94,17 @@ class AsyncClient:
         run_at: RunAt = None,
         *,
         dedupe_key: str | None = None,
+        after: Sequence[int] | None = None,
     ) -> int:
         """Queue one SQL statement or script; ``run_at`` is a datetime or a delay.
 
         With ``dedupe_key``, while a task of yours with the same topic and key is queued
-        (pending, retrying), nothing is added and that task's id is returned."""
-        return await self._run(self.queries.enqueue(sql, topic, priority, run_at, dedupe_key))
+        (pending, retrying, waiting), nothing is added and that task's id is returned.
+        With ``after`` (task ids), the task waits until all of them are finished, and is
+        cancelled if one of them fails or is cancelled."""
+        return await self._run(
+            self.queries.enqueue(sql, topic, priority, run_at, dedupe_key, after)
+        )
 
     async def enqueue_many(
         self,

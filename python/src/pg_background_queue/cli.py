@@ -35,6 +35,7 @@ EXAMPLES = """examples:
   pgbq wait 41 42 43 --timeout 600            block until they are done
   pgbq enqueue "REFRESH MATERIALIZED VIEW daily" --dedupe-key daily
                                               unless a refresh is already queued
+  pgbq enqueue "CALL load()" --after 41,42     once tasks 41 and 42 have finished
   pgbq pause maintenance; pgbq resume maintenance
   pgbq metrics --listen :9187                 Prometheus endpoint
   pgbq bench --output /tmp/bench              benchmark suite (BENCHMARKS.md, bench.png)
@@ -68,6 +69,14 @@ def _positive(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
     return value
+
+
+def _ids(text: str) -> list[int]:
+    """``--after``: task ids separated by commas."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected task ids like 12,13, not {text!r}") from None
 
 
 @contextmanager
@@ -148,7 +157,12 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
     """Enqueue one task, optionally waiting for it."""
     text = sys.stdin.read() if args.sql == "-" else args.sql
     task_id = client.enqueue(
-        text, topic=args.topic, priority=args.priority, run_at=args.at, dedupe_key=args.dedupe_key
+        text,
+        topic=args.topic,
+        priority=args.priority,
+        run_at=args.at,
+        dedupe_key=args.dedupe_key,
+        after=args.after,
     )
     print(task_id)
     return _wait_and_report(client, args, [task_id]) if args.wait else 0
@@ -329,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dedupe-key",
         metavar="KEY",
         help="if a task of yours with this topic and key is queued, print its id instead",
+    )
+    p.add_argument(
+        "--after",
+        type=_ids,
+        metavar="ID,ID",
+        help="wait until these tasks are finished (cancelled if one fails)",
     )
     p.add_argument("--wait", action="store_true", help="wait for the task and show its result")
     _add_wait_options(p)
