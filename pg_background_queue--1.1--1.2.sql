@@ -135,42 +135,14 @@ CREATE UNIQUE INDEX pg_background_tasks_dedupe_idx
 	  AND state NOT IN ('running', 'finished', 'failed', 'cancelled');
 
 /*
- * A task that comes back to the queue (a failed attempt to retrying, a
- * task given back at shutdown, pg_background_retry of a failed one) while
- * another task of its owner, topic and key was enqueued meanwhile keeps
- * its place but gives up its key: the newer task holds it.  Only rows with
- * a key coming back from those states fire it; bookkeeping of every other
- * task pays for the WHEN test alone.
+ * A running task no longer holds its key: enqueue with that key queues a
+ * new task and takes the key from the running one (an UPDATE of its row),
+ * so that the running task, should it come back to the queue (a failed
+ * attempt, a give-back at shutdown), never meets its key there.  Retry of
+ * a failed or cancelled task gives its key up if another task holds it.
+ * No trigger: a BEFORE ROW trigger would lock (and WAL-log) every row
+ * every bookkeeping UPDATE touches.
  */
-CREATE FUNCTION @extschema@._pg_background_queue_dedupe_requeue()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF NEW.state::text NOT IN ('running', 'finished', 'failed', 'cancelled')
-	   AND EXISTS (SELECT 1
-					 FROM @extschema@.pg_background_tasks t
-					WHERE t.owner = NEW.owner
-					  AND COALESCE(t.topic, '') = COALESCE(NEW.topic, '')
-					  AND t.dedupe_key = NEW.dedupe_key
-					  AND t.id <> NEW.id
-					  AND t.state NOT IN ('running', 'finished', 'failed', 'cancelled')) THEN
-		NEW.dedupe_key := NULL;
-	END IF;
-	RETURN NEW;
-END;
-$$;
-
-REVOKE ALL ON FUNCTION @extschema@._pg_background_queue_dedupe_requeue() FROM PUBLIC;
-
-CREATE TRIGGER pg_background_tasks_dedupe_requeue
-	BEFORE UPDATE ON @extschema@.pg_background_tasks
-	FOR EACH ROW
-	WHEN (NEW.dedupe_key IS NOT NULL
-		  AND OLD.state IN ('running', 'failed', 'cancelled')
-		  AND NEW.state IS DISTINCT FROM OLD.state)
-	EXECUTE FUNCTION @extschema@._pg_background_queue_dedupe_requeue();
 
 /* ---------------------------------------------------------------------
  * 1.2, part 4: dependencies (a DAG of SQL steps).

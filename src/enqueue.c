@@ -815,6 +815,7 @@ pg_background_retry(PG_FUNCTION_ARGS)
 
 	pgbq_check_preloaded();
 	pgbq_catalog_lookup(&cat, false);
+	pgbq_lock_prerequisites(&cat, id, GetUserId());
 	owner = pgbq_update_own_task(&cat,
 								 psprintf("state = CASE WHEN t.after IS NOT NULL AND EXISTS ("
 										  "SELECT 1 FROM %s p WHERE p.id = ANY (t.after) "
@@ -822,9 +823,16 @@ pg_background_retry(PG_FUNCTION_ARGS)
 										  "THEN 'waiting' ELSE 'pending' END"
 										  "::%s.pg_background_queue_task_state, "
 										  "next_run_at = now(), closed_at = NULL, "
-										  "attempts = 0, retry_count = 0, retry_delay_in_sec = 0 "
+										  "attempts = 0, retry_count = 0, retry_delay_in_sec = 0, "
+										  "dedupe_key = CASE WHEN t.dedupe_key IS NOT NULL AND EXISTS ("
+										  "SELECT 1 FROM %s k WHERE k.owner = t.owner "
+										  "AND COALESCE(k.topic, '') = COALESCE(t.topic, '') "
+										  "AND k.dedupe_key = t.dedupe_key AND k.id <> t.id "
+										  "AND k.state NOT IN ('finished', 'failed', 'cancelled')) "
+										  "THEN NULL ELSE t.dedupe_key END "
 										  "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
-										  cat.qualified_table, cat.qualified_schema),
+										  cat.qualified_table, cat.qualified_schema,
+										  cat.qualified_table),
 								 id, NULL);
 	if (!OidIsValid(owner))
 		PG_RETURN_BOOL(false);

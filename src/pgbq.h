@@ -233,6 +233,8 @@ extern void pgbq_defer_notifications(void);
 extern void pgbq_forget_notifications(void);
 extern void pgbq_flush_notifications(void);
 extern void pgbq_recover_from_error(MemoryContext ctx);
+extern void pgbq_lock_prerequisites(const PgbqCatalog *cat, int64 id,
+									Oid userid);
 
 /* ---------------------------------------------------------------------
  * Processes (launcher.c, worker.c, maintenance.c, executor.c)

@@ -415,7 +415,9 @@ pgbq_validate_dedupe_key(const char *key, int element)
  *		and, for a task cancelled at enqueue, its error.  Returns the id
  *		and sets *inserted.
  *
- *		With a key, ON CONFLICT DO NOTHING waits for a concurrent inserter
+ *		With a key, a running task of the key first gives it up (it is no
+ *		longer queued, and may come back to the queue later).  Then ON
+ *		CONFLICT DO NOTHING waits for a concurrent inserter
  *		of the key; if that one commits, nothing is inserted and the queued
  *		task is read with a new snapshot (READ COMMITTED; under REPEATABLE
  *		READ the conflict is a serialization failure, as PostgreSQL reports
@@ -462,6 +464,29 @@ pgbq_insert_workflow(const char *qualified_table, const char *qualified_schema,
 						  "AND COALESCE(t.topic, '') = COALESCE($2, '') AND t.dedupe_key = $3 "
 						  "AND t.state NOT IN ('running', 'finished', 'failed', 'cancelled')",
 						  qualified_table);
+	if (key != NULL)
+	{
+		Oid			ttypes[3] = {OIDOID, TEXTOID, TEXTOID};
+		Datum		targs[3];
+		char		tnulls[3] = {' ', nulls[1], ' '};
+		int			rc;
+
+		/*
+		 * Take the key from a running task of the key: it may come back to
+		 * the queue (retrying, given back), and must not meet the key
+		 * there.  Its row stays locked until we commit.
+		 */
+		targs[0] = args[2];
+		targs[1] = args[1];
+		targs[2] = args[5];
+		rc = SPI_execute_with_args(psprintf("UPDATE %s t SET dedupe_key = NULL WHERE t.owner = $1 "
+											"AND COALESCE(t.topic, '') = COALESCE($2, '') "
+											"AND t.dedupe_key = $3 AND t.state = 'running'",
+											qualified_table),
+								   3, ttypes, targs, tnulls, false, 0);
+		if (rc != SPI_OK_UPDATE)
+			elog(ERROR, "could not take dedupe key: %s", SPI_result_code_string(rc));
+	}
 	for (round = 0; round < 100; round++)
 	{
 		bool		isnull;
@@ -632,4 +657,42 @@ pg_background_queue_note_work(PG_FUNCTION_ARGS)
 		if (!elemnulls[i])
 			pgbq_remember_work(DatumGetObjectId(elems[i]), 1, 0);
 	PG_RETURN_VOID();
+}
+
+/*
+ * pgbq_lock_prerequisites
+ *		Before pg_background_retry decides between waiting and pending for
+ *		a task with prerequisites: lock them (has_dependents, as enqueue
+ *		does), so that a prerequisite ending concurrently either committed
+ *		before (the retry's next statement sees it finished) or waits for
+ *		the retry to commit (its release trigger then sees the task
+ *		waiting).  A task without prerequisites, or one the caller may not
+ *		manage, locks nothing.
+ */
+void
+pgbq_lock_prerequisites(const PgbqCatalog *cat, int64 id, Oid userid)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	Oid			types[2] = {INT8OID, OIDOID};
+	Datum		args[2];
+	int			rc;
+
+	args[0] = Int64GetDatum(id);
+	args[1] = ObjectIdGetDatum(userid);
+	nest = pgbq_begin_privileged(cat->owner, &save_userid, &save_sec);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args(psprintf("UPDATE %s p SET has_dependents = true FROM %s t "
+										"WHERE t.id = $1 AND t.after IS NOT NULL "
+										"AND t.state IN ('failed', 'cancelled') "
+										"AND pg_catalog.pg_has_role($2, t.owner, 'USAGE') "
+										"AND p.id = ANY (t.after)",
+										cat->qualified_table, cat->qualified_table),
+							   2, types, args, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "could not lock prerequisites: %s", SPI_result_code_string(rc));
+	SPI_finish();
+	pgbq_end_privileged(nest, save_userid, save_sec);
 }
