@@ -296,6 +296,23 @@ REVOKE ALL ON FUNCTION
 FROM PUBLIC;
 
 /* ---------------------------------------------------------------------
+ * 1.2, part 5: reschedule your own queued task.
+ * ------------------------------------------------------------------- */
+
+CREATE FUNCTION @extschema@.pg_background_reschedule(
+	id bigint,
+	priority integer DEFAULT NULL,
+	run_at timestamptz DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'pg_background_reschedule'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION @extschema@.pg_background_reschedule(bigint, integer, timestamptz) IS
+	'Change the priority and/or start time of your pending, retrying or waiting task; false for anything else';
+
+REVOKE ALL ON FUNCTION @extschema@.pg_background_reschedule(bigint, integer, timestamptz) FROM PUBLIC;
+
+/* ---------------------------------------------------------------------
  * Privileges of 1.2: grant_usage covers the functions the views call;
  * roles granted usage before 1.2 get the same.
  * ------------------------------------------------------------------- */
@@ -321,6 +338,7 @@ BEGIN
 				   '@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz, text[]), '
 				   '@extschema@.pg_background_cancel(bigint), '
 				   '@extschema@.pg_background_retry(bigint), '
+				   '@extschema@.pg_background_reschedule(bigint, integer, timestamptz), '
 				   '@extschema@.pg_background_queue_purge(interval), '
 				   '@extschema@._pg_background_queue_workers(), '
 				   '@extschema@._pg_background_queue_configured_topics(), '

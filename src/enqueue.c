@@ -2,7 +2,8 @@
  *
  * enqueue.c
  *	  SQL-callable user API: pg_background_enqueue, pg_background_enqueue_many,
- *	  pg_background_cancel, pg_background_retry, pg_background_queue_purge.
+ *	  pg_background_cancel, pg_background_retry, pg_background_reschedule,
+ *	  pg_background_queue_purge.
  *
  * Enqueue validates everything before writing anything (NULL or empty SQL,
  * syntax errors with their position, transaction control, COPY to or from
@@ -25,6 +26,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
@@ -42,6 +44,7 @@ PG_FUNCTION_INFO_V1(pg_background_enqueue);
 PG_FUNCTION_INFO_V1(pg_background_enqueue_many);
 PG_FUNCTION_INFO_V1(pg_background_cancel);
 PG_FUNCTION_INFO_V1(pg_background_retry);
+PG_FUNCTION_INFO_V1(pg_background_reschedule);
 PG_FUNCTION_INFO_V1(pg_background_queue_purge);
 
 /* Work announced at commit, per role (usually one). */
@@ -837,6 +840,72 @@ pg_background_retry(PG_FUNCTION_ARGS)
 	if (!OidIsValid(owner))
 		PG_RETURN_BOOL(false);
 	pgbq_remember_work(owner, 1, 0);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * pg_background_reschedule
+ *		Change the priority and/or start time of a pending, retrying or
+ *		waiting task the caller may manage, validated as at enqueue.  A
+ *		waiting task keeps its new run_at for when it is released.  Returns
+ *		false for any other task.
+ */
+Datum
+pg_background_reschedule(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	PgbqCatalog cat;
+	Oid			owner;
+	StringInfoData set;
+
+	pgbq_check_preloaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task id must not be NULL")));
+	if (PG_ARGISNULL(1) && PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("nothing to reschedule"),
+				 errhint("Pass a new priority, a new run_at, or both.")));
+	id = PG_GETARG_INT64(0);
+	initStringInfo(&set);
+	if (!PG_ARGISNULL(1))
+	{
+		int32		priority = PG_GETARG_INT32(1);
+
+		if (priority < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("priority must not be negative"),
+					 errdetail("Lower numbers run first; 0 is the highest priority.")));
+		appendStringInfo(&set, "priority = %d", priority);
+	}
+	if (!PG_ARGISNULL(2))
+	{
+		TimestampTz run_at = PG_GETARG_TIMESTAMPTZ(2);
+		char	   *at;
+
+		if (TIMESTAMP_NOT_FINITE(run_at))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("run_at must be a finite timestamp")));
+		/* exact, whatever DateStyle: microseconds since the PostgreSQL epoch */
+		at = psprintf("(TIMESTAMPTZ '2000-01-01 00:00:00+00' + " INT64_FORMAT " * INTERVAL '1 microsecond')",
+					  (int64) run_at);
+		appendStringInfo(&set, "%srun_at = %s, next_run_at = CASE WHEN t.state = 'waiting' "
+						 "THEN t.next_run_at ELSE %s END",
+						 set.len > 0 ? ", " : "", at, at);
+	}
+	appendStringInfoString(&set, " WHERE t.id = $1 AND t.state IN ('pending', 'retrying', 'waiting')");
+	pgbq_catalog_lookup(&cat, false);
+	owner = pgbq_update_own_task(&cat, set.data, id, NULL);
+	if (!OidIsValid(owner))
+		PG_RETURN_BOOL(false);
+	if (!PG_ARGISNULL(2) && PG_GETARG_TIMESTAMPTZ(2) > GetCurrentTimestamp())
+		pgbq_remember_work(owner, 0, PG_GETARG_TIMESTAMPTZ(2));
+	else
+		pgbq_remember_work(owner, 1, 0);
 	PG_RETURN_BOOL(true);
 }
 
