@@ -235,6 +235,16 @@ class Queries:
         stmt = sql.SQL("SELECT {}(%(id)s::bigint) AS ok").format(self.name(function))
         return Query(stmt, {"id": task_id}, lambda rows: bool(_first(rows)))
 
+    def reschedule(self, task_id: int, priority: int | None, run_at: RunAt) -> Query[bool]:
+        """``pg_background_reschedule``: False if the task is not queued (or not yours)."""
+        at, delay = _run_at(run_at)
+        stmt = sql.SQL(
+            "SELECT {}(%(id)s::bigint, %(priority)s::integer, "
+            "coalesce(%(at)s::timestamptz, statement_timestamp() + %(delay)s::interval)) AS ok"
+        ).format(self.name("pg_background_reschedule"))
+        params = {"id": task_id, "priority": priority, "at": at, "delay": delay}
+        return Query(stmt, params, lambda rows: bool(_first(rows)))
+
     def pause(self, topic: str | None) -> Query[bool]:
         """``pg_background_queue_pause``: False if the topic was paused already."""
         return self._call_topic("pg_background_queue_pause", topic)

@@ -37,6 +37,7 @@ EXAMPLES = """examples:
                                               unless a refresh is already queued
   pgbq enqueue "CALL load()" --after 41,42     once tasks 41 and 42 have finished
   pgbq pause maintenance; pgbq resume maintenance
+  pgbq reschedule 41 --at 0s --priority 0     run it now, first
   pgbq metrics --listen :9187                 Prometheus endpoint
   pgbq bench --output /tmp/bench              benchmark suite (BENCHMARKS.md, bench.png)
 
@@ -237,6 +238,18 @@ def cmd_topics(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reschedule(client: Client, args: argparse.Namespace) -> int:
+    """Reschedule a queued task."""
+    if args.priority is None and args.at is None:
+        raise ValueError("pass --priority, --at, or both")
+    if client.reschedule(args.id, priority=args.priority, run_at=args.at):
+        print(f"task {args.id}: rescheduled")
+        return 0
+    state = client.get(args.id).state
+    print(f"pgbq: task {args.id} was not rescheduled: it is {state}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def _topic_arg(args: argparse.Namespace) -> str | None:
     if args.default == (args.topic is not None):
         raise ValueError("name a TOPIC, or pass --default for the default topic (not both)")
@@ -284,6 +297,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "purge": cmd_purge,
     "workers": cmd_workers,
     "topics": cmd_topics,
+    "reschedule": cmd_reschedule,
     "pause": cmd_pause,
     "resume": cmd_resume,
     "metrics": cmd_metrics,
@@ -371,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("workers", help="live workers of the cluster")
     sub.add_parser("topics", help="effective configuration of each topic")
+
+    p = sub.add_parser("reschedule", help="change the priority or start time of a queued task")
+    p.add_argument("id", metavar="ID", type=int)
+    p.add_argument("--priority", type=int, help="new priority (lower runs first)")
+    p.add_argument("--at", type=parse_at, help="new start: ISO 8601 time, or a delay (90s, 5m)")
 
     for name, text in (
         ("pause", "start no more tasks of a topic, in every database (admin)"),

@@ -183,6 +183,11 @@ class Client:
         """Queue a failed or cancelled task again; False if it is not in such a state."""
         return self._run(self.queries.retry(task_id))
 
+    def reschedule(self, task_id: int, priority: int | None = None, run_at: RunAt = None) -> bool:
+        """Change the priority and/or start time of your pending, retrying or waiting task;
+        False for any other.  ``run_at`` is a datetime or a delay."""
+        return self._run(self.queries.reschedule(task_id, priority, run_at))
+
     def pause(self, topic: str | None) -> bool:
         """Start no more tasks of ``topic`` (None: the default topic) in any database until
         :meth:`resume`; running tasks finish.  Administrators only.  False if already paused."""
