@@ -581,7 +581,6 @@ pgbq_prerequisites(const char *qualified_table, Datum after, Oid userid,
 	Datum		args[2];
 	int			rc;
 	uint64		i;
-	int			nrequested;
 	bool		all_finished = true;
 	StringInfoData missing;
 
@@ -598,7 +597,6 @@ pgbq_prerequisites(const char *qualified_table, Datum after, Oid userid,
 							   2, types, args, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read prerequisites: %s", SPI_result_code_string(rc));
-	nrequested = (int) SPI_processed;
 	initStringInfo(&missing);
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -631,7 +629,6 @@ pgbq_prerequisites(const char *qualified_table, Datum after, Oid userid,
 				 errmsg("prerequisite task(s) %s do not exist or are not yours", missing.data),
 				 errdetail("A task can only wait for tasks its role may see."),
 				 errhint("Tasks pruned by retention no longer exist; leave finished ones out.")));
-	(void) nrequested;
 	if (*errors != NULL)
 		return "cancelled";
 	return all_finished ? "pending" : "waiting";
