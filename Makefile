@@ -1,8 +1,8 @@
 # pg_background_queue: PGXS build
 EXTENSION = pg_background_queue
 # = default_version in the control file; META.json carries it as a semantic version
-# (1.1 -> 1.1.0). make check-meta (run by CI) verifies they all agree.
-EXTVERSION = 1.1
+# (1.2 -> 1.2.0). make check-meta (run by CI) verifies they all agree.
+EXTVERSION = 1.2
 MODULE_big = pg_background_queue
 OBJS = \
 	pg_background_queue.o \
@@ -14,7 +14,8 @@ OBJS = \
 	src/launcher.o \
 	src/maintenance.o \
 	src/shmem.o \
-	src/worker.o
+	src/worker.o \
+	src/workflow.o
 PGFILEDESC = "pg_background_queue - durable background execution of SQL"
 
 DATA = $(wildcard pg_background_queue--*.sql)

@@ -1,7 +1,9 @@
--- Upgrade path: install 1.0, queue work and grant a role, update to the
--- default version, and compare every member object (definition and
--- privileges) with a fresh install of that version.
+-- Upgrade path: install 1.0, queue work and grant a role, update to 1.1,
+-- grant a second role, update to the default version, and compare every
+-- member object (definition, view options and privileges) with a fresh
+-- install of that version.
 CREATE ROLE pgbq_upgrade_user LOGIN;
+CREATE ROLE pgbq_upgrade_user11 LOGIN;
 
 -- a description of every object of the extension, with its definition
 -- and access privileges
@@ -14,6 +16,7 @@ LANGUAGE sql AS $$
 				pg_get_functiondef(d.objid) || coalesce(p.proacl::text, '')
 			 WHEN 'pg_class'::regclass THEN
 				c.relkind::text || coalesce(c.relacl::text, '') ||
+				coalesce(c.reloptions::text, '') ||
 				coalesce(pg_get_viewdef(d.objid), '') ||
 				(SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ||
 								   ' ' || a.attnotnull ||
@@ -29,6 +32,8 @@ LANGUAGE sql AS $$
 				coalesce((SELECT string_agg(polname || ' ' || polcmd::text || ' ' ||
 											pg_get_expr(polqual, polrelid), '; ' ORDER BY 1)
 							FROM pg_policy WHERE polrelid = d.objid), '') ||
+				coalesce((SELECT string_agg(pg_get_triggerdef(tg.oid), '; ' ORDER BY 1)
+							FROM pg_trigger tg WHERE tg.tgrelid = d.objid AND NOT tg.tgisinternal), '') ||
 				c.relrowsecurity::text
 			 WHEN 'pg_type'::regclass THEN
 				coalesce((SELECT string_agg(enumlabel::text, ',' ORDER BY enumsortorder)
@@ -56,17 +61,30 @@ SET ROLE pgbq_upgrade_user;
 SELECT pg_background_enqueue('SELECT 1', 'upgrade') AS queued_id \gset
 RESET ROLE;
 
+ALTER EXTENSION pg_background_queue UPDATE TO '1.1';
+SELECT pg_background_queue_grant_usage('pgbq_upgrade_user11');
+SET ROLE pgbq_upgrade_user11;
+SELECT pg_background_enqueue('SELECT 11', 'upgrade11') AS queued_id11 \gset
+RESET ROLE;
+
 ALTER EXTENSION pg_background_queue UPDATE;
 SELECT extversion, (SELECT default_version FROM pg_available_extensions
 					 WHERE name = 'pg_background_queue') = extversion AS is_default
   FROM pg_extension WHERE extname = 'pg_background_queue';
 
--- work queued under 1.0 is intact, and the role granted under 1.0 reads the
--- view added in 1.1
-SELECT id = :queued_id AS same_task, state, topic, owner FROM pg_background_tasks;
+-- work queued under 1.0 and 1.1 is intact, and the roles granted under 1.0
+-- and 1.1 read every view (the 1.2 topics view calls functions revoked from
+-- PUBLIC in 1.2)
+SELECT id IN (:queued_id, :queued_id11) AS same_task, state, topic, owner
+  FROM pg_background_tasks ORDER BY id;
 SET ROLE pgbq_upgrade_user;
 SELECT topic, state, tasks, attempts, oldest_age >= '0' AS has_age, p50_run_seconds
   FROM pg_background_queue_task_stats;
+SELECT topic, pending, paused FROM pg_background_queue_topics WHERE topic IS NOT NULL;
+SELECT count(*) FROM pg_background_queue_workers;
+RESET ROLE;
+SET ROLE pgbq_upgrade_user11;
+SELECT topic, pending, paused FROM pg_background_queue_topics WHERE topic IS NOT NULL;
 RESET ROLE;
 
 CREATE TEMP TABLE upgraded AS SELECT * FROM pg_temp.pgbq_objects();
@@ -75,6 +93,7 @@ CREATE TEMP TABLE upgraded AS SELECT * FROM pg_temp.pgbq_objects();
 DROP EXTENSION pg_background_queue;
 CREATE EXTENSION pg_background_queue;
 SELECT pg_background_queue_grant_usage('pgbq_upgrade_user');
+SELECT pg_background_queue_grant_usage('pgbq_upgrade_user11');
 CREATE TEMP TABLE fresh AS SELECT * FROM pg_temp.pgbq_objects();
 
 SELECT count(*) AS objects, count(*) FILTER (WHERE definition <> '') AS with_definition FROM fresh;
@@ -86,5 +105,5 @@ SELECT 'only in fresh install', * FROM (TABLE fresh EXCEPT TABLE upgraded) f;
 -- downgrading is not offered
 ALTER EXTENSION pg_background_queue UPDATE TO '1.0';
 
-DROP OWNED BY pgbq_upgrade_user;
-DROP ROLE pgbq_upgrade_user;
+DROP OWNED BY pgbq_upgrade_user, pgbq_upgrade_user11;
+DROP ROLE pgbq_upgrade_user, pgbq_upgrade_user11;

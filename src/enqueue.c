@@ -2,7 +2,8 @@
  *
  * enqueue.c
  *	  SQL-callable user API: pg_background_enqueue, pg_background_enqueue_many,
- *	  pg_background_cancel, pg_background_retry, pg_background_queue_purge.
+ *	  pg_background_cancel, pg_background_retry, pg_background_reschedule,
+ *	  pg_background_queue_purge.
  *
  * Enqueue validates everything before writing anything (NULL or empty SQL,
  * syntax errors with their position, transaction control, COPY to or from
@@ -25,6 +26,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
@@ -42,6 +44,7 @@ PG_FUNCTION_INFO_V1(pg_background_enqueue);
 PG_FUNCTION_INFO_V1(pg_background_enqueue_many);
 PG_FUNCTION_INFO_V1(pg_background_cancel);
 PG_FUNCTION_INFO_V1(pg_background_retry);
+PG_FUNCTION_INFO_V1(pg_background_reschedule);
 PG_FUNCTION_INFO_V1(pg_background_queue_purge);
 
 /* Work announced at commit, per role (usually one). */
@@ -121,7 +124,7 @@ pgbq_xact_callback(XactEvent event, void *arg)
  * pgbq_remember_work
  *		Note work to announce when the current transaction commits.
  */
-static void
+void
 pgbq_remember_work(Oid roleoid, int ready, TimestampTz future)
 {
 	PgbqPendingWork *w = NULL;
@@ -389,13 +392,82 @@ pgbq_prepare_insert(const PgbqCatalog *cat)
 }
 
 /*
+ * pgbq_insert_keyed
+ *		pgbq_insert's path for tasks with dedupe keys: one statement per
+ *		task, in input order (a key repeated in one call yields the first
+ *		task's id).  Inside SPI and the privileged section.
+ */
+static int64 *
+pgbq_insert_keyed(const PgbqCatalog *cat, bool many, Datum sqls, Datum *args,
+				  char *nulls, char **keys, Datum after, bool has_after,
+				  MemoryContext ctx, uint64 *nids, uint64 *ninserted,
+				  bool *runnable)
+{
+	Datum	   *elems;
+	int			nelems;
+	int			i;
+	int64	   *ids;
+
+	if (many)
+		deconstruct_array(DatumGetArrayTypeP(sqls), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, NULL, &nelems);
+	else
+	{
+		elems = &sqls;
+		nelems = 1;
+	}
+	ids = MemoryContextAlloc(ctx, sizeof(int64) * (nelems + 1));
+	*ninserted = 0;
+	for (i = 0; i < nelems; i++)
+	{
+		int			rc;
+		bool		isnull;
+
+		args[0] = elems[i];
+		if (keys[i] != NULL || has_after)
+		{
+			bool		inserted;
+			const char *state = "pending";
+			char	   *errors = NULL;
+
+			if (has_after)
+				state = pgbq_prerequisites(cat->qualified_table, after,
+										   DatumGetObjectId(args[2]), &errors);
+			ids[i] = pgbq_insert_workflow(cat->qualified_table,
+										  cat->qualified_schema, args, nulls,
+										  keys[i], state, after, has_after,
+										  errors, &inserted);
+			if (inserted)
+			{
+				(*ninserted)++;
+				if (strcmp(state, "pending") != 0)
+					*runnable = false;
+			}
+			continue;
+		}
+		rc = SPI_execute_plan(pgbq_insert_plan, args, nulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+			elog(ERROR, "could not enqueue: %s", SPI_result_code_string(rc));
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		(*ninserted)++;
+	}
+	*nids = nelems;
+	return ids;
+}
+
+/*
  * pgbq_insert
  *		Insert one task or an array of them as the table owner; returns the
- *		ids (in input order) in *ids.
+ *		ids (in input order) in *ids.  With keys (one dedupe key or NULL
+ *		per task, NULL for none at all), tasks with a key are inserted one
+ *		by one, or found queued (pgbq_insert_deduped); *ninserted counts
+ *		the tasks really written.
  */
 static int64 *
 pgbq_insert(bool many, Datum sqls, const char *topic, int32 priority,
-			TimestampTz run_at, uint64 *nids)
+			TimestampTz run_at, char **keys, Datum after, bool has_after,
+			uint64 *nids, uint64 *ninserted, bool *runnable)
 {
 	PgbqCatalog cat;
 	Oid			save_userid;
@@ -425,11 +497,24 @@ pgbq_insert(bool many, Datum sqls, const char *topic, int32 priority,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	pgbq_prepare_insert(&cat);
+	*runnable = true;
+	if (keys != NULL || has_after)
+	{
+		char	   *nokey = NULL;
+
+		ids = pgbq_insert_keyed(&cat, many, sqls, args, nulls,
+								keys ? keys : &nokey, after, has_after, ctx,
+								nids, ninserted, runnable);
+		SPI_finish();
+		pgbq_end_privileged(nest, save_userid, save_sec);
+		return ids;
+	}
 	rc = SPI_execute_plan(many ? pgbq_insert_many_plan : pgbq_insert_plan,
 						  args, nulls, false, 0);
 	if (rc != SPI_OK_INSERT_RETURNING && rc != SPI_OK_SELECT)
 		elog(ERROR, "could not enqueue: %s", SPI_result_code_string(rc));
 	*nids = SPI_processed;
+	*ninserted = SPI_processed;
 	ids = MemoryContextAlloc(ctx, sizeof(int64) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -470,7 +555,11 @@ pg_background_enqueue(PG_FUNCTION_ARGS)
 	int32		priority;
 	TimestampTz run_at;
 	uint64		n;
+	uint64		ninserted;
 	int64	   *ids;
+	char	   *key = NULL;
+	bool		has_after = false;
+	bool		runnable;
 
 	pgbq_check_preloaded();
 	if (PG_ARGISNULL(0))
@@ -480,12 +569,61 @@ pg_background_enqueue(PG_FUNCTION_ARGS)
 	sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	run_at = pgbq_resolve_options(fcinfo, &topic, &priority);
 	pgbq_validate_sql(sql, 0);
+	/* 1.2 passes a dedupe key; the 1.1 definition does not */
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+	{
+		key = text_to_cstring(PG_GETARG_TEXT_PP(4));
+		pgbq_validate_dedupe_key(key, 0);
+	}
+	/* and prerequisites */
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
+		has_after = pgbq_after_arg(PG_GETARG_ARRAYTYPE_P(5));
 
-	ids = pgbq_insert(false, PG_GETARG_DATUM(0), topic, priority, run_at, &n);
+	ids = pgbq_insert(false, PG_GETARG_DATUM(0), topic, priority, run_at,
+					  key ? &key : NULL,
+					  has_after ? PointerGetDatum(PG_GETARG_ARRAYTYPE_P(5)) : (Datum) 0,
+					  has_after, &n, &ninserted, &runnable);
 	if (n != 1)
 		elog(ERROR, "enqueue inserted " UINT64_FORMAT " rows", n);
-	pgbq_note_enqueued(1, run_at);
+	if (ninserted > 0 && runnable)
+		pgbq_note_enqueued(1, run_at);
 	PG_RETURN_INT64(ids[0]);
+}
+
+/*
+ * pgbq_dedupe_keys_arg
+ *		enqueue_many's dedupe_keys: one key (or NULL) per statement.
+ */
+static char **
+pgbq_dedupe_keys_arg(ArrayType *karr, int nelems)
+{
+	Datum	   *kelems;
+	bool	   *knulls;
+	int			nkeys;
+	int			i;
+	char	  **keys;
+
+	if (ARR_NDIM(karr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("array of dedupe keys must be one-dimensional")));
+	deconstruct_array(karr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &kelems, &knulls, &nkeys);
+	if (nkeys != nelems)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("array of dedupe keys has %d elements, array of SQL statements %d",
+						nkeys, nelems),
+				 errhint("Pass one key or NULL per statement.")));
+	keys = palloc0(sizeof(char *) * (nelems + 1));
+	for (i = 0; i < nelems; i++)
+	{
+		if (knulls[i])
+			continue;
+		keys[i] = TextDatumGetCString(kelems[i]);
+		pgbq_validate_dedupe_key(keys[i], i + 1);
+	}
+	return keys;
 }
 
 /*
@@ -506,7 +644,9 @@ pg_background_enqueue_many(PG_FUNCTION_ARGS)
 	int32		priority;
 	TimestampTz run_at;
 	uint64		n = 0;
+	uint64		ninserted = 0;
 	int64	   *ids = NULL;
+	char	  **keys = NULL;
 	Tuplestorestate *tupstore;
 	TupleDesc	tupdesc;
 	MemoryContext oldcontext;
@@ -542,13 +682,20 @@ pg_background_enqueue_many(PG_FUNCTION_ARGS)
 		pgbq_validate_sql(sql, i + 1);
 		pfree(sql);
 	}
+	/* 1.2 passes dedupe keys; the 1.1 definition does not */
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+		keys = pgbq_dedupe_keys_arg(PG_GETARG_ARRAYTYPE_P(4), nelems);
 	if (nelems > 0)
 	{
-		ids = pgbq_insert(true, PointerGetDatum(arr), topic, priority, run_at, &n);
+		bool		runnable;
+
+		ids = pgbq_insert(true, PointerGetDatum(arr), topic, priority, run_at,
+						  keys, (Datum) 0, false, &n, &ninserted, &runnable);
 		if (n != (uint64) nelems)
 			elog(ERROR, "enqueue inserted " UINT64_FORMAT " rows for %d statements",
 				 n, nelems);
-		pgbq_note_enqueued(n, run_at);
+		if (ninserted > 0)
+			pgbq_note_enqueued(ninserted, run_at);
 	}
 
 	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
@@ -643,7 +790,7 @@ pg_background_cancel(PG_FUNCTION_ARGS)
 										  "'attempt', t.attempts, 'sqlstate', '57014', "
 										  "'message', 'cancelled by pg_background_cancel()', "
 										  "'detail', %s, 'at', now())) "
-										  "WHERE t.id = $1 AND t.state IN ('pending', 'retrying')",
+										  "WHERE t.id = $1 AND t.state IN ('pending', 'retrying', 'waiting')",
 										  quote_literal_cstr(psprintf("cancelled by role %s",
 																	  GetUserNameFromId(GetUserId(), false)))),
 								 id, &running);
@@ -671,14 +818,94 @@ pg_background_retry(PG_FUNCTION_ARGS)
 
 	pgbq_check_preloaded();
 	pgbq_catalog_lookup(&cat, false);
+	pgbq_lock_prerequisites(&cat, id, GetUserId());
 	owner = pgbq_update_own_task(&cat,
-								 "state = 'pending', next_run_at = now(), closed_at = NULL, "
-								 "attempts = 0, retry_count = 0, retry_delay_in_sec = 0 "
-								 "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
+								 psprintf("state = CASE WHEN t.after IS NOT NULL AND EXISTS ("
+										  "SELECT 1 FROM %s p WHERE p.id = ANY (t.after) "
+										  "AND p.state <> 'finished') "
+										  "THEN 'waiting' ELSE 'pending' END"
+										  "::%s.pg_background_queue_task_state, "
+										  "next_run_at = now(), closed_at = NULL, "
+										  "attempts = 0, retry_count = 0, retry_delay_in_sec = 0, "
+										  "dedupe_key = CASE WHEN t.dedupe_key IS NOT NULL AND EXISTS ("
+										  "SELECT 1 FROM %s k WHERE k.owner = t.owner "
+										  "AND COALESCE(k.topic, '') = COALESCE(t.topic, '') "
+										  "AND k.dedupe_key = t.dedupe_key AND k.id <> t.id "
+										  "AND k.state NOT IN ('finished', 'failed', 'cancelled')) "
+										  "THEN NULL ELSE t.dedupe_key END "
+										  "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
+										  cat.qualified_table, cat.qualified_schema,
+										  cat.qualified_table),
 								 id, NULL);
 	if (!OidIsValid(owner))
 		PG_RETURN_BOOL(false);
 	pgbq_remember_work(owner, 1, 0);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * pg_background_reschedule
+ *		Change the priority and/or start time of a pending, retrying or
+ *		waiting task the caller may manage, validated as at enqueue.  A
+ *		waiting task keeps its new run_at for when it is released.  Returns
+ *		false for any other task.
+ */
+Datum
+pg_background_reschedule(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	PgbqCatalog cat;
+	Oid			owner;
+	StringInfoData set;
+
+	pgbq_check_preloaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task id must not be NULL")));
+	if (PG_ARGISNULL(1) && PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("nothing to reschedule"),
+				 errhint("Pass a new priority, a new run_at, or both.")));
+	id = PG_GETARG_INT64(0);
+	initStringInfo(&set);
+	if (!PG_ARGISNULL(1))
+	{
+		int32		priority = PG_GETARG_INT32(1);
+
+		if (priority < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("priority must not be negative"),
+					 errdetail("Lower numbers run first; 0 is the highest priority.")));
+		appendStringInfo(&set, "priority = %d", priority);
+	}
+	if (!PG_ARGISNULL(2))
+	{
+		TimestampTz run_at = PG_GETARG_TIMESTAMPTZ(2);
+		char	   *at;
+
+		if (TIMESTAMP_NOT_FINITE(run_at))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("run_at must be a finite timestamp")));
+		/* exact, whatever DateStyle: microseconds since the PostgreSQL epoch */
+		at = psprintf("(TIMESTAMPTZ '2000-01-01 00:00:00+00' + " INT64_FORMAT " * INTERVAL '1 microsecond')",
+					  (int64) run_at);
+		appendStringInfo(&set, "%srun_at = %s, next_run_at = CASE WHEN t.state = 'waiting' "
+						 "THEN t.next_run_at ELSE %s END",
+						 set.len > 0 ? ", " : "", at, at);
+	}
+	appendStringInfoString(&set, " WHERE t.id = $1 AND t.state IN ('pending', 'retrying', 'waiting')");
+	pgbq_catalog_lookup(&cat, false);
+	owner = pgbq_update_own_task(&cat, set.data, id, NULL);
+	if (!OidIsValid(owner))
+		PG_RETURN_BOOL(false);
+	if (!PG_ARGISNULL(2) && PG_GETARG_TIMESTAMPTZ(2) > GetCurrentTimestamp())
+		pgbq_remember_work(owner, 0, PG_GETARG_TIMESTAMPTZ(2));
+	else
+		pgbq_remember_work(owner, 1, 0);
 	PG_RETURN_BOOL(true);
 }
 

@@ -32,6 +32,8 @@
 #define PGBQ_MAX_DEMANDS		256
 #define PGBQ_MAX_DATABASES		128
 #define PGBQ_MAX_RATE_TOPICS	512
+#define PGBQ_MAX_PAUSED_TOPICS	64
+#define PGBQ_DEDUPE_KEY_MAXLEN	1024
 
 /* ---------------------------------------------------------------------
  * GUCs and topic configuration (guc.c)
@@ -157,7 +159,8 @@ typedef enum PgbqStartResult
 {
 	PGBQ_START_OK,
 	PGBQ_START_NO_CAPACITY,		/* global or topic concurrency limit */
-	PGBQ_START_RATE_LIMITED		/* topic delay_in_sec not yet elapsed */
+	PGBQ_START_RATE_LIMITED,	/* topic delay_in_sec not yet elapsed */
+	PGBQ_START_PAUSED			/* topic paused (workflow.c) */
 } PgbqStartResult;
 
 extern PgbqStartResult pgbq_slot_try_start(int slotno, int64 task_id,
@@ -178,6 +181,25 @@ extern bool pgbq_signal_cancel(int64 task_id, Oid dboid);
 extern int	pgbq_request_database_exit(Oid dboid, bool forget);
 extern void pgbq_set_drop_in_progress(Oid dboid, bool on);
 extern bool pgbq_drop_in_progress(Oid dboid);
+extern void pgbq_wake_idle_workers(void);
+
+/* ---------------------------------------------------------------------
+ * Workflows (workflow.c): paused topics
+ * ------------------------------------------------------------------- */
+
+extern Size pgbq_paused_shmem_size(void);
+extern void pgbq_paused_shmem_init(void);
+extern bool pgbq_topic_paused(const char *topic);
+extern void pgbq_validate_dedupe_key(const char *key, int element);
+extern int64 pgbq_insert_workflow(const char *qualified_table,
+								  const char *qualified_schema,
+								  Datum *args5, const char *nulls5,
+								  const char *key, const char *state,
+								  Datum after, bool has_after,
+								  const char *errors, bool *inserted);
+extern bool pgbq_after_arg(struct ArrayType *after);
+extern const char *pgbq_prerequisites(const char *qualified_table, Datum after,
+									  Oid userid, char **errors);
 
 /* ---------------------------------------------------------------------
  * Catalog helpers (catalog.c)
@@ -211,6 +233,8 @@ extern void pgbq_defer_notifications(void);
 extern void pgbq_forget_notifications(void);
 extern void pgbq_flush_notifications(void);
 extern void pgbq_recover_from_error(MemoryContext ctx);
+extern void pgbq_lock_prerequisites(const PgbqCatalog *cat, int64 id,
+									Oid userid);
 
 /* ---------------------------------------------------------------------
  * Processes (launcher.c, worker.c, maintenance.c, executor.c)
@@ -228,5 +252,6 @@ extern void pgbq_reset_session(void);
  * ------------------------------------------------------------------- */
 
 extern void pgbq_enqueue_init(void);
+extern void pgbq_remember_work(Oid roleoid, int ready, TimestampTz future);
 
 #endif							/* PGBQ_H */

@@ -55,6 +55,7 @@ void
 pgbq_require_shmem(void)
 {
 	RequestAddinShmemSpace(pgbq_shmem_size());
+	RequestAddinShmemSpace(pgbq_paused_shmem_size());
 	RequestNamedLWLockTranche(PGBQ_LWLOCK_TRANCHE, 1);
 }
 
@@ -78,6 +79,7 @@ pgbq_shmem_init(void)
 		/* After a (re)start, every database needs a maintenance pass. */
 		pgbq_shared->rescan_requested = true;
 	}
+	pgbq_paused_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -143,8 +145,9 @@ pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
 
 /*
  * pgbq_slot_try_start
- *		Atomically check the global limit, the topic's limit and its rate
- *		limit, and if all allow it mark the slot as running the task.
+ *		Atomically check that the topic is not paused, the global limit,
+ *		the topic's limit and its rate limit, and if all allow it mark the
+ *		slot as running the task.
  */
 PgbqStartResult
 pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
@@ -159,6 +162,11 @@ pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
 
 	*retry_at = 0;
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	if (pgbq_topic_paused(topic))
+	{
+		LWLockRelease(pgbq_shared->lock);
+		return PGBQ_START_PAUSED;
+	}
 	for (i = 0; i < pgbq_shared->nslots; i++)
 	{
 		PgbqSlot   *s = &pgbq_shared->slots[i];
@@ -579,4 +587,29 @@ pgbq_drop_in_progress(Oid dboid)
 	PgbqDatabase *db = pgbq_database_lookup(dboid, false);
 
 	return db != NULL && db->drop_in_progress;
+}
+
+/*
+ * pgbq_wake_idle_workers
+ *		Something that held tasks back is gone (a topic was resumed): set
+ *		the latch of every idle task worker, and ask the launcher for a
+ *		maintenance pass in every database, which rebuilds the demand of
+ *		roles whose workers left meanwhile.
+ */
+void
+pgbq_wake_idle_workers(void)
+{
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_IDLE && s->kind == PGBQ_KIND_TASK && s->latch)
+			SetLatch(s->latch);
+	}
+	pgbq_shared->rescan_requested = true;
+	LWLockRelease(pgbq_shared->lock);
+	pgbq_wake_launcher();
 }

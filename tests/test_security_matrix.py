@@ -277,7 +277,21 @@ SESSION_MATRIX: dict[str, tuple[list[str], dict[str, Any]]] = {
     ),
     "b's worker through _pg_background_queue_workers()": (
         ["SELECT count(*) FROM _pg_background_queue_workers() WHERE pid = {b_worker}"],
-        {"su": 1, "a": 0, "b": 1, "c": 0},
+        {"su": 1, "a": 0, "b": 1, "c": DENIED},
+    ),
+    "functions behind the views (topic config, configured and paused topics)": (
+        [
+            "SELECT count(*) FROM pg_background_queue_topic_config('b-secret'), "
+            "_pg_background_queue_configured_topics(), _pg_background_queue_paused_topics()"
+        ],
+        {"su": 0, "a": 0, "b": 0, "c": DENIED},
+    ),
+    "pause / resume a topic": (
+        [
+            "SELECT pg_background_queue_pause('matrix-never')",
+            "SELECT pg_background_queue_resume('matrix-never')",
+        ],
+        {"su": True, "a": DENIED, "b": DENIED, "c": DENIED},
     ),
     "b's running SQL in pg_stat_activity": (
         ["SELECT query FROM pg_stat_activity WHERE pid = {b_worker}"],

@@ -34,7 +34,7 @@ NOTIFY_CHANNEL = "pg_background_queue"
 TASK_COLUMNS = (
     "id", "sql_statement", "topic", "owner", "priority", "state", "joined_at", "run_at",
     "next_run_at", "started_at", "closed_at", "attempts", "retry_count", "retry_delay_in_sec",
-    "errors", "error_history", "worker_pid",
+    "errors", "error_history", "worker_pid", "dedupe_key", "after",
 )  # fmt: skip
 TERMINAL = ("finished", "failed", "cancelled")
 
@@ -91,17 +91,46 @@ class Queries:
         return sql.SQL("SELECT {} FROM {}").format(cols, self.name("pg_background_tasks"))
 
     def enqueue(
-        self, sql_text: str, topic: str | None, priority: int | None, run_at: RunAt
+        self,
+        sql_text: str,
+        topic: str | None,
+        priority: int | None,
+        run_at: RunAt,
+        dedupe_key: str | None = None,
+        after: Sequence[int] | None = None,
     ) -> Query[int]:
-        """``pg_background_enqueue``: the new task's id."""
-        return self._enqueue("pg_background_enqueue", sql_text, topic, priority, run_at, _first)
+        """``pg_background_enqueue``: the new task's id (with ``dedupe_key``: the queued
+        task of that key, if there is one; with ``after``: waiting for those tasks)."""
+        if after is not None and isinstance(after, int | str):
+            raise InvalidArgumentError("after takes a sequence of task ids")
+        return self._enqueue(
+            "pg_background_enqueue",
+            sql_text,
+            topic,
+            priority,
+            run_at,
+            _first,
+            dedupe_key,
+            None if after is None else [int(i) for i in after],
+        )
 
     def enqueue_many(
-        self, sqls: Sequence[str], topic: str | None, priority: int | None, run_at: RunAt
+        self,
+        sqls: Sequence[str],
+        topic: str | None,
+        priority: int | None,
+        run_at: RunAt,
+        dedupe_keys: Sequence[str | None] | None = None,
     ) -> Query[list[int]]:
         """``pg_background_enqueue_many``: the ids, in input order, in one round trip."""
         if isinstance(sqls, str):
             raise InvalidArgumentError("enqueue_many() takes a sequence of SQL strings, not a str")
+        if isinstance(dedupe_keys, str):
+            raise InvalidArgumentError("dedupe_keys takes a sequence of keys (or None), not a str")
+        if dedupe_keys is not None and len(dedupe_keys) != len(sqls):
+            raise InvalidArgumentError(
+                f"dedupe_keys has {len(dedupe_keys)} elements for {len(sqls)} statements"
+            )
         return self._enqueue(
             "pg_background_enqueue_many",
             list(sqls),
@@ -109,6 +138,7 @@ class Queries:
             priority,
             run_at,
             lambda rows: [next(iter(r.values())) for r in rows],
+            None if dedupe_keys is None else list(dedupe_keys),
         )
 
     def _enqueue(
@@ -119,13 +149,30 @@ class Queries:
         priority: int | None,
         run_at: RunAt,
         parse: Callable[[Sequence[Row]], T],
+        dedupe: str | list[str | None] | None = None,
+        after: list[int] | None = None,
     ) -> Query[T]:
         at, delay = _run_at(run_at)
+        # 1.2's arguments only when given (by name): the call stays valid for extension 1.1
+        key: sql.Composable = sql.SQL("")
+        if dedupe is not None:
+            name = "dedupe_key" if isinstance(dedupe, str) else "dedupe_keys"
+            key += sql.SQL(", {} => %(dedupe)s").format(sql.Identifier(name))
+        if after is not None:
+            key += sql.SQL(", after => %(after)s::bigint[]")
         stmt = sql.SQL(
             "SELECT * FROM {}(%(sql)s, %(topic)s, %(priority)s::integer, "
-            "coalesce(%(at)s::timestamptz, statement_timestamp() + %(delay)s::interval))"
-        ).format(self.name(function))
-        params = {"sql": payload, "topic": topic, "priority": priority, "at": at, "delay": delay}
+            "coalesce(%(at)s::timestamptz, statement_timestamp() + %(delay)s::interval){})"
+        ).format(self.name(function), key)
+        params = {
+            "sql": payload,
+            "topic": topic,
+            "priority": priority,
+            "at": at,
+            "delay": delay,
+            "dedupe": dedupe,
+            "after": after,
+        }
         return Query(stmt, params, parse)
 
     def get(self, task_id: int) -> Query[Task]:
@@ -187,6 +234,28 @@ class Queries:
     def _call_bool(self, function: str, task_id: int) -> Query[bool]:
         stmt = sql.SQL("SELECT {}(%(id)s::bigint) AS ok").format(self.name(function))
         return Query(stmt, {"id": task_id}, lambda rows: bool(_first(rows)))
+
+    def reschedule(self, task_id: int, priority: int | None, run_at: RunAt) -> Query[bool]:
+        """``pg_background_reschedule``: False if the task is not queued (or not yours)."""
+        at, delay = _run_at(run_at)
+        stmt = sql.SQL(
+            "SELECT {}(%(id)s::bigint, %(priority)s::integer, "
+            "coalesce(%(at)s::timestamptz, statement_timestamp() + %(delay)s::interval)) AS ok"
+        ).format(self.name("pg_background_reschedule"))
+        params = {"id": task_id, "priority": priority, "at": at, "delay": delay}
+        return Query(stmt, params, lambda rows: bool(_first(rows)))
+
+    def pause(self, topic: str | None) -> Query[bool]:
+        """``pg_background_queue_pause``: False if the topic was paused already."""
+        return self._call_topic("pg_background_queue_pause", topic)
+
+    def resume(self, topic: str | None) -> Query[bool]:
+        """``pg_background_queue_resume``: False if the topic was not paused."""
+        return self._call_topic("pg_background_queue_resume", topic)
+
+    def _call_topic(self, function: str, topic: str | None) -> Query[bool]:
+        stmt = sql.SQL("SELECT {}(%(topic)s::text) AS ok").format(self.name(function))
+        return Query(stmt, {"topic": topic}, lambda rows: bool(_first(rows)))
 
     def purge(self, older_than: timedelta | str) -> Query[int]:
         """``pg_background_queue_purge``: number of tasks deleted."""

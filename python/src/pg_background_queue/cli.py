@@ -34,6 +34,11 @@ EXAMPLES = """examples:
   echo "REFRESH MATERIALIZED VIEW daily" | pgbq enqueue - --at 2h
   pgbq tasks --state failed --topic etl       what failed, and why
   pgbq wait 41 42 43 --timeout 600            block until they are done
+  pgbq enqueue "REFRESH MATERIALIZED VIEW daily" --dedupe-key daily
+                                              unless a refresh is already queued
+  pgbq enqueue "CALL load()" --after 41,42     once tasks 41 and 42 have finished
+  pgbq pause maintenance; pgbq resume maintenance
+  pgbq reschedule 41 --at 0s --priority 0     run it now, first
   pgbq metrics --listen :9187                 Prometheus endpoint
   pgbq bench --output /tmp/bench              benchmark suite (BENCHMARKS.md, bench.png)
 
@@ -66,6 +71,14 @@ def _positive(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
     return value
+
+
+def _ids(text: str) -> list[int]:
+    """``--after``: task ids separated by commas."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected task ids like 12,13, not {text!r}") from None
 
 
 @contextmanager
@@ -145,7 +158,14 @@ def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
 def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
     """Enqueue one task, optionally waiting for it."""
     text = sys.stdin.read() if args.sql == "-" else args.sql
-    task_id = client.enqueue(text, topic=args.topic, priority=args.priority, run_at=args.at)
+    task_id = client.enqueue(
+        text,
+        topic=args.topic,
+        priority=args.priority,
+        run_at=args.at,
+        dedupe_key=args.dedupe_key,
+        after=args.after,
+    )
     print(task_id)
     return _wait_and_report(client, args, [task_id]) if args.wait else 0
 
@@ -207,14 +227,49 @@ def cmd_topics(client: Client, args: argparse.Namespace) -> int:
             t.timeout_in_sec,
             t.pending,
             t.running,
+            t.paused,
         )
         for t in client.topics()
     ]
     headers = (
         "topic", "configured", "max parallel", "priority", "retries", "delay s", "timeout s",
-        "pending", "running",
+        "pending", "running", "paused",
     )  # fmt: skip
     print(render(headers, rows))
+    return 0
+
+
+def cmd_reschedule(client: Client, args: argparse.Namespace) -> int:
+    """Reschedule a queued task."""
+    if args.priority is None and args.at is None:
+        raise ValueError("pass --priority, --at, or both")
+    if client.reschedule(args.id, priority=args.priority, run_at=args.at):
+        print(f"task {args.id}: rescheduled")
+        return 0
+    state = client.get(args.id).state
+    print(f"pgbq: task {args.id} was not rescheduled: it is {state}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _topic_arg(args: argparse.Namespace) -> str | None:
+    if args.default == (args.topic is not None):
+        raise ValueError("name a TOPIC, or pass --default for the default topic (not both)")
+    return None if args.default else str(args.topic)
+
+
+def cmd_pause(client: Client, args: argparse.Namespace) -> int:
+    """Pause a topic."""
+    topic = _topic_arg(args)
+    changed = client.pause(topic)
+    print(f"topic {topic or '(default)'}: {'paused' if changed else 'was already paused'}")
+    return 0
+
+
+def cmd_resume(client: Client, args: argparse.Namespace) -> int:
+    """Resume a topic."""
+    topic = _topic_arg(args)
+    changed = client.resume(topic)
+    print(f"topic {topic or '(default)'}: {'resumed' if changed else 'was not paused'}")
     return 0
 
 
@@ -243,6 +298,9 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "purge": cmd_purge,
     "workers": cmd_workers,
     "topics": cmd_topics,
+    "reschedule": cmd_reschedule,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
     "metrics": cmd_metrics,
 }
 
@@ -296,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--at", type=parse_at, help="run at an ISO 8601 time, or after a delay (90s, 5m, 2h, 1d)"
     )
+    p.add_argument(
+        "--dedupe-key",
+        metavar="KEY",
+        help="if a task of yours with this topic and key is queued, print its id instead",
+    )
+    p.add_argument(
+        "--after",
+        type=_ids,
+        metavar="ID,ID",
+        help="wait until these tasks are finished (cancelled if one fails)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the task and show its result")
     _add_wait_options(p)
 
@@ -317,6 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("workers", help="live workers of the cluster")
     sub.add_parser("topics", help="effective configuration of each topic")
+
+    p = sub.add_parser("reschedule", help="change the priority or start time of a queued task")
+    p.add_argument("id", metavar="ID", type=int)
+    p.add_argument("--priority", type=int, help="new priority (lower runs first)")
+    p.add_argument("--at", type=parse_at, help="new start: ISO 8601 time, or a delay (90s, 5m)")
+
+    for name, text in (
+        ("pause", "start no more tasks of a topic, in every database (admin)"),
+        ("resume", "start tasks of a paused topic again (admin)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("topic", metavar="TOPIC", nargs="?", help="the topic")
+        p.add_argument("--default", action="store_true", help="the default (NULL) topic")
 
     p = sub.add_parser("metrics", help="Prometheus metrics (stdout, or HTTP with --listen)")
     p.add_argument("--listen", metavar="ADDR", help="serve /metrics on HOST:PORT")

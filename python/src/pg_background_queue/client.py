@@ -82,9 +82,17 @@ class Client:
         topic: str | None = None,
         priority: int | None = None,
         run_at: RunAt = None,
+        *,
+        dedupe_key: str | None = None,
+        after: Sequence[int] | None = None,
     ) -> int:
-        """Queue one SQL statement or script; ``run_at`` is a datetime or a delay."""
-        return self._run(self.queries.enqueue(sql, topic, priority, run_at))
+        """Queue one SQL statement or script; ``run_at`` is a datetime or a delay.
+
+        With ``dedupe_key``, while a task of yours with the same topic and key is queued
+        (pending, retrying, waiting), nothing is added and that task's id is returned.
+        With ``after`` (task ids), the task waits until all of them are finished, and is
+        cancelled if one of them fails or is cancelled."""
+        return self._run(self.queries.enqueue(sql, topic, priority, run_at, dedupe_key, after))
 
     def enqueue_many(
         self,
@@ -92,9 +100,13 @@ class Client:
         topic: str | None = None,
         priority: int | None = None,
         run_at: RunAt = None,
+        *,
+        dedupe_keys: Sequence[str | None] | None = None,
     ) -> list[int]:
-        """Queue many statements in one round trip; ids in input order."""
-        return self._run(self.queries.enqueue_many(sqls, topic, priority, run_at))
+        """Queue many statements in one round trip; ids in input order.
+
+        ``dedupe_keys``: one key (or None) per statement, as ``enqueue``'s ``dedupe_key``."""
+        return self._run(self.queries.enqueue_many(sqls, topic, priority, run_at, dedupe_keys))
 
     def get(self, task_id: int) -> Task:
         """One task (:class:`~pg_background_queue.errors.TaskNotFoundError` if not visible)."""
@@ -170,6 +182,20 @@ class Client:
     def retry(self, task_id: int) -> bool:
         """Queue a failed or cancelled task again; False if it is not in such a state."""
         return self._run(self.queries.retry(task_id))
+
+    def reschedule(self, task_id: int, priority: int | None = None, run_at: RunAt = None) -> bool:
+        """Change the priority and/or start time of your pending, retrying or waiting task;
+        False for any other.  ``run_at`` is a datetime or a delay."""
+        return self._run(self.queries.reschedule(task_id, priority, run_at))
+
+    def pause(self, topic: str | None) -> bool:
+        """Start no more tasks of ``topic`` (None: the default topic) in any database until
+        :meth:`resume`; running tasks finish.  Administrators only.  False if already paused."""
+        return self._run(self.queries.pause(topic))
+
+    def resume(self, topic: str | None) -> bool:
+        """Start tasks of a paused topic again.  False if it was not paused."""
+        return self._run(self.queries.resume(topic))
 
     def purge(self, older_than: timedelta | str = timedelta(0)) -> int:
         """Delete your tasks closed more than ``older_than`` ago (statistics are kept)."""

@@ -3,7 +3,8 @@
 It configures topics with different limits and priorities, enqueues a mixed workload (inserts
 in several topics, tasks of a second role, tasks that fail and retry with 2^n backoff, a
 VACUUM), shows progress, and ends with a summary of what ran, as whom, how long, and what
-failed and why.
+failed and why.  Then a small workflow: a DAG of steps (``after``) where one step fails and
+cancels what depends on it, and a dedupe key that keeps a refresh from being queued twice.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TOPICS: dict[str, dict[str, float]] = {
     "reports": {"priority": 50, "max_parallel_running_tasks_count": 2, "delay_in_sec": 0.2},
     "flaky": {"retry_count": 2},
     "maintenance": {"max_parallel_running_tasks_count": 1, "timeout_in_sec": 60},
+    "dag": {"retry_count": 0},
 }
 DEMO_ROLE = "pgbq_demo_user"
 
@@ -154,6 +156,32 @@ def _summary(conn: psycopg.Connection[dict[str, Any]], tasks: list[Task]) -> int
     return 0
 
 
+def _workflow(client: Client, timeout: float) -> None:
+    """A DAG with a failure cascade, and a dedupe key."""
+    print("\nA workflow (1.2): load -> (clean, enrich) -> report; enrich fails.")
+    load = client.enqueue(_insert("dag", 0.1), topic="dag")
+    clean = client.enqueue(_insert("dag"), topic="dag", after=[load])
+    enrich = client.enqueue("SELECT 1 / 0 AS enrich", topic="dag", after=[load])
+    report = client.enqueue(_insert("dag"), topic="dag", after=[clean, enrich])
+    archive = client.enqueue(_insert("dag"), topic="dag", after=[report])
+    first = client.enqueue("SELECT 'refresh'", topic="dag", dedupe_key="refresh", after=[load])
+    again = client.enqueue("SELECT 'refresh'", topic="dag", dedupe_key="refresh", after=[load])
+    print(f"A second refresh with the same dedupe key returned the queued one: {again == first}")
+    names = {load: "load", clean: "clean", enrich: "enrich", report: "report", archive: "archive"}
+    names[first] = "refresh"
+    try:
+        tasks = client.wait(list(names), timeout=timeout)
+    except WaitTimeout as exc:
+        print(f"{exc}; showing them as they are.")
+        tasks = client.get_many(list(names))
+    rows = [
+        (names[t.id], ",".join(names.get(a, str(a)) for a in t.after) or None, t.state.value,
+         (t.errors or "")[:60] or None)
+        for t in tasks
+    ]  # fmt: skip
+    print(render(("step", "after", "state", "why"), rows))
+
+
 def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = None) -> int:
     """Run the demo; returns a process exit code."""
     with (
@@ -171,7 +199,9 @@ def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = 
         _setup(conn, with_role)
         ids = _enqueue_workload(conn, client, with_role)
         tasks = _wait(client, side, ids, timeout, progress)
-        return _summary(conn, tasks)
+        status = _summary(conn, tasks)
+        _workflow(client, timeout)
+        return status
 
 
 if __name__ == "__main__":

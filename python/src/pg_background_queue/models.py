@@ -18,6 +18,7 @@ class TaskState(str, enum.Enum):
     FAILED = "failed"
     FINISHED = "finished"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # for prerequisites (``after``), 1.2
 
     @property
     def terminal(self) -> bool:
@@ -74,6 +75,8 @@ class Task:
     errors: str | None
     error_history: tuple[AttemptError, ...]
     worker_pid: int | None
+    dedupe_key: str | None = None
+    after: tuple[int, ...] = ()
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -96,6 +99,8 @@ class Task:
             errors=row["errors"],
             error_history=tuple(AttemptError.from_json(e) for e in row["error_history"] or ()),
             worker_pid=row["worker_pid"],
+            dedupe_key=row.get("dedupe_key"),
+            after=tuple(row.get("after") or ()),
         )
 
     @property
@@ -167,6 +172,7 @@ class Topic:
     timeout_in_sec: int
     pending: int
     running: int
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
