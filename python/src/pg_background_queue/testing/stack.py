@@ -283,7 +283,7 @@ class PatroniCluster:
                 "max_replication_slots": 10,
                 "hot_standby": "on",
                 "wal_keep_size": "128MB",
-                **{k: v for k, v in self.extra_conf.items()},
+                **self.extra_conf,
             }
         )
         local_parameters = {"unix_socket_directories": str(node.base)}
@@ -368,7 +368,9 @@ class PatroniCluster:
             leader = self.leader()
             return leader if leader is not None and leader.name != exclude else None
 
-        return poll_until(found, timeout=timeout, interval=0.2, message="a Patroni leader")
+        leader = poll_until(found, timeout=timeout, interval=0.2, message="a Patroni leader")
+        assert leader is not None
+        return leader
 
     def wait_healthy(self, timeout: float = 180.0) -> None:
         """Poll until every node runs: one leader, the others streaming replicas."""
@@ -380,9 +382,7 @@ class PatroniCluster:
             roles = sorted(m.get("role", "") for m in members)
             states = {m.get("state") for m in members}
             replicas_ok = all(
-                m.get("lag") not in (None, "unknown")
-                for m in members
-                if m.get("role") != "leader"
+                m.get("lag") not in (None, "unknown") for m in members if m.get("role") != "leader"
             )
             return (
                 roles.count("leader") == 1
@@ -452,6 +452,7 @@ class PgBouncer:
     host: str
     port: int
     pool_mode: str = "transaction"
+    pool_size: int = 2
     listen_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -471,7 +472,7 @@ class PgBouncer:
             "auth_type = trust\n"
             f"auth_file = {users}\n"
             f"pool_mode = {self.pool_mode}\n"
-            "default_pool_size = 4\n"
+            f"default_pool_size = {self.pool_size}\n"
             "max_client_conn = 200\n"
             "admin_users = postgres\n"
             "server_reset_query = DISCARD ALL\n"
@@ -539,15 +540,16 @@ class Stack:
         """Start etcd and a ``size``-node Patroni cluster; return it once healthy."""
         self.etcd = Etcd(self.base)
         self.etcd.start()
-        self.patroni = PatroniCluster(
-            self.base, self.etcd, size, dict(extra_conf or {}), pg_config
-        )
+        self.patroni = PatroniCluster(self.base, self.etcd, size, dict(extra_conf or {}), pg_config)
         self.patroni.start()
         return self.patroni
 
-    def start_pgbouncer(self, host: str, port: int, pool_mode: str) -> PgBouncer:
-        """Start a PgBouncer in ``pool_mode`` in front of ``host:port``."""
-        bouncer = PgBouncer(self.base / f"pgbouncer-{len(self.bouncers)}", host, port, pool_mode)
+    def start_pgbouncer(
+        self, host: str, port: int, pool_mode: str, pool_size: int = 2
+    ) -> PgBouncer:
+        """Start a PgBouncer in ``pool_mode`` in front of ``host:port`` (``pool_size`` servers)."""
+        base = self.base / f"pgbouncer-{len(self.bouncers)}"
+        bouncer = PgBouncer(base, host, port, pool_mode, pool_size)
         self.bouncers.append(bouncer)
         bouncer.start()
         return bouncer
