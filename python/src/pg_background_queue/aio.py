@@ -160,6 +160,8 @@ class AsyncClient:
                 if not retry:
                     raise translate(exc) from exc
                 retry = False  # once, on a new connection
+                if self._pool is not None:
+                    await self._pool.check()  # drop the pool's other broken connections
             except psycopg.Error as exc:
                 raise translate(exc) from exc
 
@@ -217,6 +219,8 @@ class AsyncClient:
             except psycopg.OperationalError as exc:
                 if not self._reconnects():
                     raise translate(exc) from exc
+                if self._pool is not None:
+                    await self._pool.check()
                 await asyncio.sleep(min(state.block_time(RECONNECT_PAUSE), RECONNECT_PAUSE))
             except psycopg.Error as exc:
                 raise translate(exc) from exc

@@ -155,6 +155,8 @@ class Client:
                 if not retry:
                     raise translate(exc) from exc
                 retry = False  # once, on a new connection
+                if self._pool is not None:
+                    self._pool.check()  # drop the pool's other broken connections
             except psycopg.Error as exc:
                 raise translate(exc) from exc
 
@@ -217,6 +219,8 @@ class Client:
             except psycopg.OperationalError as exc:
                 if not self._reconnects():
                     raise translate(exc) from exc
+                if self._pool is not None:
+                    self._pool.check()
                 time.sleep(min(state.block_time(RECONNECT_PAUSE), RECONNECT_PAUSE))
             except psycopg.Error as exc:
                 raise translate(exc) from exc
