@@ -58,6 +58,9 @@ PATRONI_DCS: dict[str, Any] = {
     "master_start_timeout": 0,
     "primary_start_timeout": 0,
     "synchronous_mode": True,
+    # both replicas synchronous: a switchover may go to either, and an acknowledged commit
+    # is on every replica that is up
+    "synchronous_node_count": 2,
 }
 STOP_TIMEOUT = 30.0
 
@@ -283,6 +286,9 @@ class PatroniCluster:
                 "max_replication_slots": 10,
                 "hot_standby": "on",
                 "wal_keep_size": "128MB",
+                "logging_collector": "on",
+                "log_directory": "log",
+                "log_filename": "postgresql.log",
                 **self.extra_conf,
             }
         )
@@ -392,6 +398,15 @@ class PatroniCluster:
             )
 
         poll_until(healthy, timeout=timeout, interval=0.3, message="a healthy Patroni cluster")
+
+    def wait_sync(self, names: list[str], timeout: float = 120.0) -> None:
+        """Poll until every node of ``names`` is a synchronous standby."""
+
+        def synced() -> bool:
+            roles = {m.get("name"): m.get("role") for m in self.members()}
+            return all(roles.get(n) in ("sync_standby", "synchronous_standby") for n in names)
+
+        poll_until(synced, timeout=timeout, interval=0.3, message=f"{names} synchronous")
 
     def replicas(self) -> list[PatroniNode]:
         names = [m["name"] for m in self.members() if m.get("role") != "leader"]
