@@ -300,28 +300,30 @@ def scenario(h: Harness, name: str, strike: Any) -> None:
     if old.name != new.name:
         assert late == [], f"{old.name} ran tasks after {new.name} was promoted"
 
-    first_new = min(
-        (r.start for r in runs if r.start > struck and r.port == new.pg_port), default=0
-    )
+    old_runs = [r for r in runs if r.port == old.pg_port and r.start < promoted]
+    old_end = max((r.end or 0.0 for r in old_runs), default=struck)
+    new_starts = [r.start for r in runs if r.port == new.pg_port and r.start > old_end]
+    first_new = min(new_starts, default=old_end)
     gap = [b - a for a, b in itertools.pairwise(work.ok_times) if b > struck]
     rewound = "pg_rewind" in (old.base / "patroni.log").read_text(errors="replace")
-    rerun_keys = {r.k for r in runs if r.start > struck}
-    rerun = {r.k for r in runs if r.start < struck and r.port == old.pg_port} & rerun_keys
+    rerun = {r.k for r in old_runs if r.end is not None and r.end > struck} & {
+        r.k for r in runs if r.start > old_end
+    }
     h.figures.append(
         f"{name}: {old.name} -> {new.name}; {len(work.acked)} tasks acknowledged, "
         f"{len(work.ambiguous)} enqueues refused during the change, 0 lost, 0 twice; "
-        f"longest enqueue gap {max(gap, default=0):.1f}s; first task on the new leader "
-        f"{first_new - struck:.1f}s after the strike; "
-        f"tasks started before the strike and run again after it: {len(rerun)}; "
-        f"pg_rewind used by {old.name}: {rewound}"
+        f"longest enqueue gap {max(gap, default=0):.1f}s; old leader's last task ended "
+        f"{old_end - struck:.1f}s after the strike, new leader's first task started "
+        f"{first_new - old_end:.1f}s later; interrupted and run again: {len(rerun)}; "
+        f"pg_rewind in {old.name}'s log: {rewound}"
     )
 
 
 def test_switchover_to_each_replica(harness: Harness) -> None:
     cluster = harness.cluster
-    for _ in range(2):
+    first = cluster.wait_leader()
+    for candidate in sorted(n.name for n in cluster.nodes if n.name != first.name):
         leader = cluster.wait_leader()
-        candidate = sorted(n.name for n in cluster.nodes if n.name != leader.name)[0]
         cluster.wait_sync([n.name for n in cluster.nodes if n.name != leader.name])
         scenario(
             harness,
@@ -345,7 +347,33 @@ def test_leader_postmaster_killed(harness: Harness) -> None:
     assert cluster.wait_leader().name != leader.name
 
 
-def test_leader_loses_dcs(harness: Harness) -> None:
+def test_leader_cut_off_from_etcd(harness: Harness) -> None:
+    """Only the leader loses etcd: it demotes itself within retry_timeout, its tasks end, and
+    only then (its key expired) a replica takes over; reconnected, it rejoins as a replica."""
+    cluster = harness.cluster
+    leader = cluster.wait_leader()
+    cluster.wait_sync([n.name for n in cluster.nodes if n.name != leader.name])
+
+    def cut(old: PatroniNode) -> None:
+        old.dcs.cut()
+        try:
+            poll_until(lambda: not is_primary(old), timeout=WAIT, message="leader demoted")
+            poll_until(
+                lambda: running_on(harness, old) == 0,
+                timeout=WAIT,
+                message="the demoted leader's runs ended",
+            )
+            cluster.wait_leader(timeout=WAIT, exclude=old.name)
+        finally:
+            old.dcs.restore()
+
+    scenario(harness, "leader cut off from etcd", cut)
+    assert cluster.wait_leader().name != leader.name
+
+
+def test_etcd_paused(harness: Harness) -> None:
+    """All of the DCS stops answering (SIGSTOP): the leader demotes itself; nobody runs tasks
+    until etcd is back and a leader is elected again."""
     cluster = harness.cluster
     leader = cluster.wait_leader()
     cluster.wait_sync([n.name for n in cluster.nodes if n.name != leader.name])
@@ -365,4 +393,4 @@ def test_leader_loses_dcs(harness: Harness) -> None:
         finally:
             etcd.resume()
 
-    scenario(harness, "etcd stopped (SIGSTOP) under the leader", cut)
+    scenario(harness, "etcd paused (SIGSTOP) for everyone", cut)

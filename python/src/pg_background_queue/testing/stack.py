@@ -11,6 +11,8 @@ anything left (Patroni, postmasters, etcd, PgBouncer) gets SIGKILL.
   the extension preloaded through Patroni's ``bootstrap.dcs`` parameters, ``use_pg_rewind``
   on, synchronous mode on (an acknowledged commit survives the loss of the leader), and
   ``primary_start_timeout: 0`` (a crashed leader fails over at once instead of restarting).
+* :class:`TcpProxy`: each Patroni node reaches etcd through its own relay;
+  ``node.dcs.cut()`` cuts that one node off from the DCS.
 * :class:`PgBouncer`: PgBouncer 1.18 (``/usr/sbin/pgbouncer``) in front of any server, in
   ``transaction`` or ``session`` pooling mode.
 """
@@ -22,8 +24,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -177,6 +181,82 @@ class Etcd:
         self.client_port = self.peer_port = 0
 
 
+class TcpProxy:
+    """A loopback TCP relay to ``target_port`` that can be cut (a network partition).
+
+    :meth:`cut` closes the listening socket and every relayed connection, so the client sees
+    resets and refused connections at once; :meth:`restore` listens again on the same port.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.port = _reserve_port()
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # cut or closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        if self._server is not None:
+            with contextlib.suppress(OSError):
+                self._server.shutdown(socket.SHUT_RDWR)  # wakes accept()
+            self._server.close()
+            self._server = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def stop(self) -> None:
+        self.cut()
+        if self.port:
+            _release_port(self.port)
+            self.port = 0
+
+
 @dataclass
 class PatroniNode:
     """One Patroni-managed PostgreSQL server."""
@@ -185,6 +265,7 @@ class PatroniNode:
     base: Path
     pg_port: int
     api_port: int
+    dcs: TcpProxy
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -245,6 +326,7 @@ class PatroniNode:
     def stop(self) -> None:
         _terminate(self.proc)
         _kill_postmaster(self.data_dir)
+        self.dcs.stop()
 
 
 @dataclass
@@ -261,7 +343,11 @@ class PatroniCluster:
 
     def start(self, timeout: float = 180.0) -> None:
         for i in range(self.size):
-            node = PatroniNode(f"node{i}", self.base / f"node{i}", _reserve_port(), _reserve_port())
+            dcs = TcpProxy(self.etcd.client_port)
+            dcs.start()
+            node = PatroniNode(
+                f"node{i}", self.base / f"node{i}", _reserve_port(), _reserve_port(), dcs
+            )
             node.base.mkdir(parents=True)
             node.base.chmod(0o700)
             node.config_file.write_text(json.dumps(self._config(node), indent=2))
@@ -302,7 +388,13 @@ class PatroniCluster:
                 "listen": f"127.0.0.1:{node.api_port}",
                 "connect_address": f"127.0.0.1:{node.api_port}",
             },
-            "etcd3": {"hosts": [f"127.0.0.1:{self.etcd.client_port}"], "protocol": "http"},
+            # each node reaches etcd through its own relay, which a test may cut;
+            # use_proxies: no discovery of etcd's own addresses around the relay
+            "etcd3": {
+                "hosts": [f"127.0.0.1:{node.dcs.port}"],
+                "protocol": "http",
+                "use_proxies": True,
+            },
             "bootstrap": {
                 "dcs": {
                     **PATRONI_DCS,
