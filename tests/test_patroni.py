@@ -312,9 +312,14 @@ def scenario(h: Harness, name: str, strike: Any) -> None:
     h.figures.append(
         f"{name}: {old.name} -> {new.name}; {len(work.acked)} tasks acknowledged, "
         f"{len(work.ambiguous)} enqueues refused during the change, 0 lost, 0 twice; "
-        f"longest enqueue gap {max(gap, default=0):.1f}s; old leader's last task ended "
-        f"{old_end - struck:.1f}s after the strike, new leader's first task started "
-        f"{first_new - old_end:.1f}s later; interrupted and run again: {len(rerun)}; "
+        f"longest enqueue gap {max(gap, default=0):.1f}s; "
+        + (
+            f"old leader's last task ended {old_end - struck:.1f}s after the strike, new "
+            f"leader's first task started {first_new - old_end:.1f}s later; "
+            if old.name != new.name
+            else "the same node was elected again; "
+        )
+        + f"interrupted and run again: {len(rerun)}; "
         f"pg_rewind in {old.name}'s log: {rewound}"
     )
 
