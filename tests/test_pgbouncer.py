@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pg_background_queue import AsyncClient, Client, TaskState, WaitTimeout
 from pg_background_queue.cli import main
+from pg_background_queue.testing.cluster import query
 from pg_background_queue.testing.stack import PgBouncer, Stack, missing_tools
 
 pytestmark = [
@@ -201,3 +202,15 @@ def test_cli(bouncer: PgBouncer, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*dsn, "cancel", str(later)]) == 0
     assert main([*dsn, "retry", str(later)]) == 0
     capsys.readouterr()
+
+
+def test_wait_prefers_the_server_side_wait(bouncers: dict[str, PgBouncer], node: Any) -> None:
+    """With ``pg_background_wait(bigint[], interval)`` in the extension (1.2), a pooled wait
+    blocks in the server instead of polling: with an hour between polls, only the server-side
+    wait can see the task end within the timeout."""
+    found = query(node, "SELECT to_regprocedure('pg_background_wait(bigint[], interval)')")
+    if found[0][0] is None:
+        pytest.skip("this extension version has no pg_background_wait(bigint[], interval)")
+    with Client(bouncers["transaction"].conninfo(), pooled=True, poll_interval=3600) as c:
+        task_id = c.enqueue("SELECT pg_sleep(0.5)")
+        assert c.wait([task_id], timeout=30)[0].state is TaskState.FINISHED
