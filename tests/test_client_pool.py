@@ -133,3 +133,22 @@ async def test_async_wait_resumes_after_restart(make_cluster: Any) -> None:
         await asyncio.to_thread(node.restart)
         tasks = await asyncio.wait_for(waiting, WAIT + 30)
         assert tasks[0].state is TaskState.FINISHED
+
+
+def test_closed_client_does_not_reconnect(node: Any) -> None:
+    client = Client(conninfo(node))
+    client.close()
+    with pytest.raises(DatabaseError):
+        client.tasks()
+
+
+async def test_closed_async_client_does_not_reconnect(node: Any) -> None:
+    client = AsyncClient(conninfo(node))
+    await client.tasks()
+    await client.close()
+    with pytest.raises(DatabaseError):
+        await client.tasks()
+    never_used = AsyncClient(conninfo(node))
+    await never_used.close()
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        await never_used.tasks()

@@ -97,9 +97,9 @@ class AsyncClient:
         """The client's connection as it is (see :meth:`connection`); not for a pool client."""
         if self._conn is None:
             raise InvalidArgumentError(
-                "no connection yet: await connection() first"
-                if self._conninfo is not None
-                else "a client on a connection pool has no own connection"
+                "a client on a connection pool has no own connection"
+                if self._pool is not None
+                else "no connection: await connection() first (or the client is closed)"
             )
         return self._conn
 
@@ -125,8 +125,10 @@ class AsyncClient:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._owned and self._conn is not None:
-            await self._conn.close()
+        if self._owned:
+            self._conninfo = None  # closed for good: no reconnect
+            if self._conn is not None:
+                await self._conn.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

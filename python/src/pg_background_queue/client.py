@@ -119,8 +119,10 @@ class Client:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        if self._owned and self._conn is not None:
-            self._conn.close()
+        if self._owned:
+            self._conninfo = None  # closed for good: no reconnect
+            if self._conn is not None:
+                self._conn.close()
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
