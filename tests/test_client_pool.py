@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -152,3 +153,33 @@ async def test_closed_async_client_does_not_reconnect(node: Any) -> None:
     await never_used.close()
     with pytest.raises(InvalidArgumentError, match="closed"):
         await never_used.tasks()
+
+
+def test_wait_rides_out_an_outage(make_cluster: Any) -> None:
+    """Regression: a reconnect that failed while the server was still down ended wait() with
+    DatabaseError; it now keeps trying until its timeout."""
+    node = make_cluster()
+    with Client(conninfo(node), poll_interval=0.2) as client:
+        task_id = client.enqueue("SELECT pg_sleep(1)")
+        results: list[list[Task]] = []
+        errors: list[Exception] = []
+
+        def wait() -> None:
+            try:
+                results.append(client.wait([task_id], timeout=WAIT))
+            except Exception as exc:  # reported by the main thread
+                errors.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        poll_until(lambda: state_of(node, task_id) == "running", timeout=WAIT)
+        node.stop()
+        # down for a while: the waiter's reconnects (every 0.25 s) fail meanwhile
+        time.sleep(1.5)
+        assert waiter.is_alive()
+        assert errors == []
+        node.start()
+        waiter.join(WAIT + 30)
+        assert not waiter.is_alive()
+        assert errors == []
+        assert results[0][0].state is TaskState.FINISHED

@@ -85,13 +85,6 @@ class AsyncClient:
         await client.connection()
         return client
 
-    @staticmethod
-    async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
-        try:
-            return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
     @property
     def conn(self) -> psycopg.AsyncConnection[Any]:
         """The client's connection as it is (see :meth:`connection`); not for a pool client."""
@@ -103,11 +96,18 @@ class AsyncClient:
             )
         return self._conn
 
+    async def _current(self) -> psycopg.AsyncConnection[Any]:
+        """The client's connection, (re)opened if needed; raises psycopg's errors as they are."""
+        if self._conninfo is not None and (self._conn is None or _unusable(self._conn)):
+            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        return self.conn
+
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The client's connection, opened (again) first if needed; not for a pool client."""
-        if self._conninfo is not None and (self._conn is None or _unusable(self._conn)):
-            self._conn = await self._connect(self._conninfo)
-        return self.conn
+        try:
+            return await self._current()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -137,7 +137,7 @@ class AsyncClient:
             async with self._pool.connection() as conn:
                 yield conn
         else:
-            yield await self.connection()
+            yield await self._current()
 
     def _reconnects(self) -> bool:
         """Whether a broken connection is replaced (conninfo or pool) rather than fatal."""
@@ -275,7 +275,7 @@ class AsyncClient:
                     if not _unusable(conn):
                         await conn.set_autocommit(autocommit)
             return
-        conn = await self.connection()
+        conn = await self._current()
         if conn.autocommit:
             yield conn
             return

@@ -72,7 +72,7 @@ class Client:
         self._listener: psycopg.Connection[Any] | None = None
         if isinstance(conn, str):
             self._conninfo = conn
-            self._conn = self._connect(conn)
+            self._conn = self.conn  # connect now: a bad conninfo fails here
         elif isinstance(conn, psycopg.Connection):
             self._conn = conn
         elif is_pool(conn, asynchronous=False):
@@ -83,21 +83,21 @@ class Client:
                 f"psycopg_pool.ConnectionPool, not {type(conn).__name__}"
             )
 
-    @staticmethod
-    def _connect(conninfo: str) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+    def _current(self) -> psycopg.Connection[Any]:
+        """The client's connection, (re)opened if needed; raises psycopg's errors as they are."""
+        if self._conn is None or (self._conninfo is not None and _unusable(self._conn)):
+            if self._conninfo is None:
+                raise InvalidArgumentError("a client on a connection pool has no own connection")
+            self._conn = psycopg.connect(self._conninfo, autocommit=True)
+        return self._conn
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
         """The client's connection (reopened first if it broke); not for a pool client."""
-        if self._conn is None or (self._conninfo is not None and _unusable(self._conn)):
-            if self._conninfo is None:
-                raise InvalidArgumentError("a client on a connection pool has no own connection")
-            self._conn = self._connect(self._conninfo)
-        return self._conn
+        try:
+            return self._current()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
 
     def connection(self) -> psycopg.Connection[Any]:
         """The client's connection, opened (again) first if needed; not for a pool client."""
@@ -131,7 +131,7 @@ class Client:
             with self._pool.connection() as conn:
                 yield conn
         else:
-            yield self.conn
+            yield self._current()
 
     def _reconnects(self) -> bool:
         """Whether a broken connection is replaced (conninfo or pool) rather than fatal."""
@@ -274,7 +274,7 @@ class Client:
                     if not _unusable(conn):
                         conn.autocommit = autocommit
             return
-        conn = self.conn
+        conn = self._current()
         if conn.autocommit:
             yield conn
             return
