@@ -178,7 +178,7 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def harness() -> Iterator[Harness]:
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     require_stack()
     stack = Stack(prefix="pgbq-patroni-")
     try:
@@ -196,7 +196,10 @@ def harness() -> Iterator[Harness]:
         observer = threading.Thread(target=journal.observe, daemon=True)
         observer.start()
         made = Harness(stack, cluster, journal)
+        failed_before = request.session.testsfailed
         yield made
+        if request.session.testsfailed > failed_before:
+            print(stack.logs()[-20000:])
         journal.stop.set()
         observer.join(10)
         print("\n".join(["", "Patroni figures:", *made.figures]))
@@ -343,17 +346,36 @@ def test_switchover_to_each_replica(harness: Harness) -> None:
 
 
 def test_leader_postmaster_killed(harness: Harness) -> None:
+    """kill -9 of the leader's postmaster, after it wrote WAL its replicas never received (its
+    WAL senders stopped): Patroni fails over, and the old leader needs pg_rewind to rejoin."""
     cluster = harness.cluster
     leader = cluster.wait_leader()
     cluster.wait_sync([n.name for n in cluster.nodes if n.name != leader.name])
 
     def kill(old: PatroniNode) -> None:
+        with psycopg.connect(old.conninfo(), autocommit=True) as conn:
+            senders = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_replication")]
+            assert len(senders) == len(cluster.nodes) - 1
+            for pid in senders:
+                os.kill(pid, signal.SIGSTOP)
+            # committed here only: every other commit now waits for a synchronous replica
+            conn.execute("SET synchronous_commit = local")
+            conn.execute("CREATE TABLE IF NOT EXISTS diverged (x int)")
+            conn.execute("INSERT INTO diverged SELECT generate_series(1, 1000)")
         pid = old.postmaster_pid()
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
+        for sender in senders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sender, signal.SIGKILL)
 
     scenario(harness, "kill -9 of the leader's postmaster", kill)
     assert cluster.wait_leader().name != leader.name
+    log = (leader.base / "patroni.log").read_text(errors="replace")
+    assert "running pg_rewind" in log, [x for x in log.splitlines() if "rewind" in x.lower()]
+    with psycopg.connect(leader.conninfo(), autocommit=True) as conn:
+        # rewound: the commit only the old leader had is gone
+        assert conn.execute("SELECT to_regclass('diverged')").fetchone() == (None,)
 
 
 def test_leader_cut_off_from_etcd(harness: Harness) -> None:

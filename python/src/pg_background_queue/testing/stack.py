@@ -28,10 +28,9 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -686,21 +685,3 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def patroni_stack(
-    size: int = 3, extra_conf: Mapping[str, ConfValue] | None = None
-) -> Iterator[Stack]:
-    """A :class:`Stack` with etcd and a running Patroni cluster; everything removed after."""
-    stack = Stack()
-    try:
-        stack.start_patroni(size, extra_conf)
-        yield stack
-    finally:
-        stack.close()
-
-
-def wait_until(seconds: float) -> float:
-    """Monotonic deadline ``seconds`` from now (helper for bounded loops)."""
-    return time.monotonic() + seconds
