@@ -63,6 +63,16 @@ class Run:
     end: float | None
 
 
+def process_start(pid: int) -> str | None:
+    """Start time (clock ticks since boot) of a live, non-zombie process ``pid``, else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state is field 3, starttime 22
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
 @dataclass
 class Journal:
     """Start/end files written by the tasks, and the observed deaths of their workers."""
@@ -98,7 +108,11 @@ class Journal:
         )
 
     def observe(self) -> None:
-        """Until stopped: note when the worker of a run without an end file is gone."""
+        """Until stopped: note when the worker of a run without an end file is gone.
+
+        A process is identified by its pid and start time (pids are reused on a busy
+        machine), and a zombie counts as gone."""
+        seen: dict[str, str] = {}  # start file -> the worker's start time
         while not self.stop.wait(0.05):
             names = {p.name for p in self.path.iterdir()}
             for name in names:
@@ -106,13 +120,11 @@ class Journal:
                     continue
                 if name.replace(".start", ".end") in names:
                     continue
-                pid = int(name.split("-")[2])
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                started = process_start(int(name.split("-")[2]))
+                if name not in seen and started is not None:
+                    seen[name] = started
+                if started is None or started != seen.get(name):
                     self.deaths[name] = time.time()
-                except PermissionError:
-                    pass
 
     def runs(self) -> list[Run]:
         found = []
