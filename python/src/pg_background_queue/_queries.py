@@ -37,6 +37,11 @@ TASK_COLUMNS = (
     "errors", "error_history", "worker_pid", "dedupe_key", "after",
 )  # fmt: skip
 TERMINAL = ("finished", "failed", "cancelled")
+SERVER_WAIT = "pg_background_wait"
+#: Longest single server-side wait (s): a broken connection is noticed at least this often.
+SERVER_WAIT_CHUNK = 30.0
+#: Pause (s) between attempts to reconnect while a wait() resumes.
+RECONNECT_PAUSE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,8 @@ class Query(Generic[T]):
     statement: sql.Composed
     params: Mapping[str, Any]
     parse: Callable[[Sequence[Row]], T]
+    #: Only reads: a client may run it again on a new connection when its connection broke.
+    retry_safe: bool = False
 
 
 def _states(state: StateFilter) -> list[str] | None:
@@ -65,6 +72,15 @@ def _run_at(run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
     if isinstance(run_at, timedelta):
         return None, run_at
     raise InvalidArgumentError(f"run_at must be a datetime or a timedelta, not {run_at!r}")
+
+
+def is_pool(obj: object, *, asynchronous: bool) -> bool:
+    """Whether ``obj`` is a psycopg_pool pool of the right kind (without importing it)."""
+    if not type(obj).__module__.startswith("psycopg_pool"):
+        return False
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+    return isinstance(obj, AsyncConnectionPool if asynchronous else ConnectionPool)
 
 
 def _first(rows: Sequence[Row]) -> Any:
@@ -184,7 +200,7 @@ class Queries:
             return Task.from_row(rows[0])
 
         stmt = sql.SQL("{} WHERE id = %(id)s").format(self._task_select())
-        return Query(stmt, {"id": task_id}, parse)
+        return Query(stmt, {"id": task_id}, parse, retry_safe=True)
 
     def get_many(self, ids: Sequence[int]) -> Query[list[Task]]:
         """Tasks in the order of ``ids``; :class:`TaskNotFoundError` names missing ones."""
@@ -199,7 +215,7 @@ class Queries:
             return [found[i] for i in ids]
 
         stmt = sql.SQL("{} WHERE id = ANY(%(ids)s)").format(self._task_select())
-        return Query(stmt, {"ids": list(ids)}, parse)
+        return Query(stmt, {"ids": list(ids)}, parse, retry_safe=True)
 
     def tasks(self, state: StateFilter, topic: str | None, limit: int) -> Query[list[Task]]:
         """Newest tasks first, filtered by state(s) and topic."""
@@ -210,7 +226,7 @@ class Queries:
             "AND (%(topic)s::text IS NULL OR topic = %(topic)s) ORDER BY id DESC LIMIT %(limit)s"
         ).format(self._task_select())
         params = {"states": _states(state), "topic": topic, "limit": limit}
-        return Query(stmt, params, lambda rows: [Task.from_row(r) for r in rows])
+        return Query(stmt, params, lambda rows: [Task.from_row(r) for r in rows], retry_safe=True)
 
     def done_ids(self, ids: Sequence[int]) -> Query[tuple[set[int], set[int]]]:
         """Of ``ids``: (visible ids, ids in a terminal state)."""
@@ -221,6 +237,7 @@ class Queries:
             stmt,
             {"ids": list(ids), "terminal": list(TERMINAL)},
             lambda rows: ({r["id"] for r in rows}, {r["id"] for r in rows if r["done"]}),
+            retry_safe=True,
         )
 
     def cancel(self, task_id: int) -> Query[bool]:
@@ -269,7 +286,7 @@ class Queries:
         stmt = sql.SQL("SELECT * FROM {} ORDER BY topic NULLS FIRST, state").format(
             self.name("pg_background_queue_task_stats")
         )
-        return Query(stmt, {}, lambda rows: [TopicStats.from_row(r) for r in rows])
+        return Query(stmt, {}, lambda rows: [TopicStats.from_row(r) for r in rows], retry_safe=True)
 
     def totals(self) -> Query[list[Totals]]:
         """Cumulative terminal counts and run time per topic: live rows + pruned statistics."""
@@ -291,6 +308,7 @@ class Queries:
                 Totals(r["topic"], TaskState(r["state"]), int(r["tasks"]), float(r["run_s"]))
                 for r in rows
             ],
+            retry_safe=True,
         )
 
     def workers(self) -> Query[list[Worker]]:
@@ -298,14 +316,29 @@ class Queries:
         stmt = sql.SQL("SELECT * FROM {} ORDER BY database, role, pid").format(
             self.name("pg_background_queue_workers")
         )
-        return Query(stmt, {}, lambda rows: [Worker(**r) for r in rows])
+        return Query(stmt, {}, lambda rows: [Worker(**r) for r in rows], retry_safe=True)
 
     def topics(self) -> Query[list[Topic]]:
         """Effective configuration and queue counts of every known topic."""
         stmt = sql.SQL("SELECT * FROM {} ORDER BY topic NULLS FIRST").format(
             self.name("pg_background_queue_topics")
         )
-        return Query(stmt, {}, lambda rows: [Topic(**r) for r in rows])
+        return Query(stmt, {}, lambda rows: [Topic(**r) for r in rows], retry_safe=True)
+
+    def has_server_wait(self) -> Query[bool]:
+        """Whether ``pg_background_wait(bigint[], interval)`` exists (extension 1.2 and later)."""
+        signature = f"{SERVER_WAIT}(bigint[], interval)"
+        if self.schema:
+            signature = sql.Identifier(self.schema).as_string(None) + "." + signature
+        stmt = sql.SQL("SELECT to_regprocedure(%(sig)s) IS NOT NULL AS ok")
+        return Query(stmt.format(), {"sig": signature}, lambda rows: bool(_first(rows)), True)
+
+    def server_wait(self, ids: Sequence[int], seconds: float) -> Query[None]:
+        """``pg_background_wait``: block in the server until the tasks end or time runs out."""
+        stmt = sql.SQL(
+            "SELECT count(*) FROM {}(%(ids)s::bigint[], make_interval(secs => %(s)s)) AS w"
+        ).format(self.name(SERVER_WAIT))
+        return Query(stmt, {"ids": list(ids), "s": seconds}, lambda rows: None, True)
 
     @staticmethod
     def listen(on: bool) -> sql.Composed:
@@ -373,6 +406,14 @@ class WaitState:
         self.remaining -= done
         if self.on_progress is not None and len(self.remaining) != before:
             self.on_progress(len(self.ids) - len(self.remaining), len(self.ids))
+
+    def block_time(self, cap: float) -> float:
+        """Seconds a server-side wait may block (at most ``cap``); raises on timeout."""
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            assert self.timeout is not None
+            raise WaitTimeout(self.remaining, self.timeout)
+        return cap if self.deadline is None else min(cap, self.deadline - now)
 
     def wait_time(self) -> float:
         """Seconds to wait for notifications before the next poll; raises on timeout."""

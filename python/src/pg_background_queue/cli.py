@@ -324,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--schema", help="schema of the extension, if not on the search_path")
     parser.add_argument(
+        "--pooled",
+        action="store_true",
+        default=os.environ.get("PGBQ_POOLED", "") not in ("", "0"),
+        help="connected through a transaction-pooling PgBouncer: wait without LISTEN "
+        "(default: on when PGBQ_POOLED is set)",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -486,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(args.dsn, timeout=args.timeout, progress=args.progress)
         if args.command == "bench":
             return _bench(args)
-        with Client(args.dsn or "", schema=args.schema) as client:
+        with Client(args.dsn or "", schema=args.schema, pooled=args.pooled) as client:
             return COMMANDS[args.command](client, args)
     except WaitTimeout as exc:
         _fail("timeout", exc)
