@@ -129,6 +129,97 @@ pgbq_begin_privileged(Oid owner, Oid *save_userid, int *save_sec_context)
 }
 
 /*
+ * The settings every bookkeeping statement runs with, whatever a task left
+ * in its session or its role's and database's defaults say: no timeout can
+ * cut a claim or a finish short, no planner switch or parallel/JIT setting
+ * changes how the claim runs, replication-role triggers and row level
+ * security behave as for the owner, and literals parse the same way.  A
+ * name this server does not know (renamed or newer parameters) is skipped.
+ * Values are written as GetConfigOption shows them, so an unchanged value
+ * costs one lookup and no assignment.
+ */
+typedef struct PgbqPinnedSetting
+{
+	const char *name;
+	const char *value;
+} PgbqPinnedSetting;
+
+static const PgbqPinnedSetting pgbq_bookkeeping_settings[] = {
+	{"statement_timeout", "0"},
+	{"lock_timeout", "0"},
+	{"idle_in_transaction_session_timeout", "0"},
+	{"transaction_timeout", "0"},	/* 17 and later */
+	{"session_replication_role", "origin"},
+	{"row_security", "on"},
+	{"standard_conforming_strings", "on"},
+	{"transform_null_equals", "off"},
+	{"plan_cache_mode", "auto"},
+	{"jit", "off"},
+	{"max_parallel_workers_per_gather", "0"},
+	{"force_parallel_mode", "off"},	/* 15 */
+	{"debug_parallel_query", "off"},	/* 16 and later */
+	{"enable_bitmapscan", "on"},
+	{"enable_hashagg", "on"},
+	{"enable_hashjoin", "on"},
+	{"enable_incremental_sort", "on"},
+	{"enable_indexonlyscan", "on"},
+	{"enable_indexscan", "on"},
+	{"enable_material", "on"},
+	{"enable_memoize", "on"},
+	{"enable_mergejoin", "on"},
+	{"enable_nestloop", "on"},
+	{"enable_seqscan", "on"},
+	{"enable_sort", "on"},
+	{"enable_tidscan", "on"},
+};
+
+/*
+ * pgbq_pin_bookkeeping_settings
+ *		Inside a GUC nest level (see pgbq_start_bookkeeping_xact and
+ *		pgbq_begin_privileged): set pgbq_bookkeeping_settings where they
+ *		differ, until the nest level or the transaction ends.  Also makes
+ *		the transaction writable again: a task may have made its own
+ *		transaction read-only, and bookkeeping writes.
+ */
+void
+pgbq_pin_bookkeeping_settings(void)
+{
+	size_t		i;
+
+	XactReadOnly = false;
+	for (i = 0; i < lengthof(pgbq_bookkeeping_settings); i++)
+	{
+		const PgbqPinnedSetting *p = &pgbq_bookkeeping_settings[i];
+		const char *current = GetConfigOption(p->name, true, false);
+
+		if (current == NULL || strcmp(current, p->value) == 0)
+			continue;
+		(void) set_config_option(p->name, p->value, PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	}
+}
+
+/*
+ * pgbq_start_bookkeeping_xact
+ *		Start a transaction of a worker's own (claim, record a task's end,
+ *		give a task back, maintenance): READ COMMITTED, READ WRITE, not
+ *		DEFERRABLE, with the pinned settings, however the session's
+ *		default_transaction_* were left (StartTransaction copies them).  The
+ *		settings are undone when the transaction ends.
+ */
+void
+pgbq_start_bookkeeping_xact(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	/* before the transaction's first snapshot, so they take effect */
+	XactIsoLevel = XACT_READ_COMMITTED;
+	XactDeferrable = false;
+	(void) NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
+}
+
+/*
  * pgbq_end_privileged
  *		Leave a privileged section.
  */

@@ -473,7 +473,13 @@ pgbq_schedule_task_workers(TimestampTz now)
 			LWLockRelease(pgbq_shared->lock);
 			continue;
 		}
+		/*
+		 * Take the demand we are about to serve out of the entry: work
+		 * announced while we start workers (the lock is released meanwhile)
+		 * adds to what is left, instead of being overwritten by it below.
+		 */
 		need = d->want;
+		d->want = 0;
 		if (d->wake_at != 0 && d->wake_at <= now)
 		{
 			d->wake_at = 0;
@@ -504,8 +510,8 @@ pgbq_schedule_task_workers(TimestampTz now)
 			tasks_all++;
 		}
 		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid)
-			d->want = Max(need, 0);
+		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid && need > 0)
+			d->want = Min(d->want + need, Max(pgbq_max_parallel, 1));
 		LWLockRelease(pgbq_shared->lock);
 		if (need > 0)
 			unmet = true;

@@ -198,6 +198,8 @@ extern int	pgbq_begin_privileged(Oid owner, Oid *save_userid,
 								  int *save_sec_context);
 extern void pgbq_end_privileged(int nestlevel, Oid save_userid,
 								int save_sec_context);
+extern void pgbq_pin_bookkeeping_settings(void);
+extern void pgbq_start_bookkeeping_xact(void);
 extern const char *pgbq_state_retry_decision(int attempts,
 											 const PgbqTopicPolicy *policy,
 											 bool cancelled, int *delay_sec);

@@ -34,9 +34,26 @@
  * and finish and give-back only touch the row while it is running in this
  * process.
  *
- * Between tasks the worker resets its session (GUCs, role, prepared
- * statements, cursors, advisory locks, temp tables), so nothing a task
- * does carries into the next one.
+ * After each task the worker resets its session (GUCs, role, prepared
+ * statements, cursors, advisory locks, LISTEN, temp tables) in a
+ * transaction of its own, which commits before anything else runs: a reset
+ * inside the next task's transaction would be undone if that task failed,
+ * and would come too late for the transaction characteristics, which
+ * StartTransaction copies from default_transaction_* before anything runs.
+ * Bookkeeping (claim, finish, recording a failure, give-back) runs in a
+ * fixed baseline whatever the task or its role's defaults left behind:
+ * READ COMMITTED, READ WRITE, and the settings pinned by
+ * pgbq_pin_bookkeeping_settings.  The claim fused into a task's commit is
+ * skipped when the task ran at REPEATABLE READ or SERIALIZABLE (its
+ * snapshot is not one to claim with); the worker claims in a transaction
+ * of its own instead.
+ *
+ * Shutdown: while a task runs, SIGTERM interrupts it (see above); during
+ * bookkeeping it interrupts a wait for a heavyweight lock (the bookkeeping
+ * tick looks for one), so a worker never outlives a shutdown behind
+ * someone else's lock.  An error while recording a task's end is logged
+ * and the recording retried after PGBQ_BOOKKEEPING_RETRY_MS; it never
+ * turns into a dead worker and an "interrupted" attempt.
  *
  *-------------------------------------------------------------------------
  */
@@ -92,6 +109,8 @@ static SPIPlanPtr pgbq_finish_plan = NULL;
 static SPIPlanPtr pgbq_next_eligible_plan = NULL;
 
 static volatile sig_atomic_t pgbq_got_sigterm = false;
+static volatile sig_atomic_t pgbq_in_bookkeeping = false;
+static bool pgbq_must_exit = false;	/* session could not be reset */
 static volatile sig_atomic_t pgbq_self_terminated = false;
 static volatile sig_atomic_t pgbq_in_task = false;
 static volatile sig_atomic_t pgbq_timed_out = false;
@@ -105,6 +124,24 @@ static TimeoutId pgbq_timeout_id;
  */
 #define PGBQ_WATCHDOG_TICK_MS		250
 #define PGBQ_INTERRUPT_GRACE_MS		500
+
+/* Pause between attempts to record a task's end after an error. */
+#define PGBQ_BOOKKEEPING_RETRY_MS	1000
+
+/* Pause after a claim failed with an error (logged) before the next try. */
+#define PGBQ_CLAIM_ERROR_BACKOFF_MS	1000
+
+/*
+ * A claim skips at most this many tasks held back by a topic limit before
+ * it gives up for now (each skipped topic is excluded from the next round).
+ */
+#define PGBQ_CLAIM_ROUNDS			32
+
+/*
+ * A worker that could not connect (role dropped, no LOGIN) keeps the
+ * launcher from starting another one for its role this long.
+ */
+#define PGBQ_CONNECT_FAILURE_BACKOFF_S	10
 static TimeoutId pgbq_watchdog_id;
 static volatile sig_atomic_t pgbq_interrupted = false;
 static volatile sig_atomic_t pgbq_interrupted_ticks = 0;
@@ -114,6 +151,9 @@ static volatile sig_atomic_t pgbq_escalated = false;
 static PgbqTask *pgbq_current_task = NULL;
 static volatile int64 pgbq_current_task_id = 0;
 static PgbqTopicPolicy pgbq_current_policy;
+
+static void pgbq_stop_task_timers(void);
+static void pgbq_begin_bookkeeping_tick(void);
 
 /*
  * pgbq_on_sigterm
@@ -138,7 +178,15 @@ pgbq_on_sigterm(bool from_self)
 		QueryCancelPending = true;
 	}
 	else if (!from_self)
+	{
 		pgbq_got_sigterm = true;
+		/* bookkeeping waiting for someone else's lock: stop waiting */
+		if (pgbq_in_bookkeeping && MyProc != NULL && MyProc->waitLock != NULL)
+		{
+			InterruptPending = true;
+			QueryCancelPending = true;
+		}
+	}
 	SetLatch(MyLatch);
 }
 
@@ -259,11 +307,27 @@ pgbq_task_timeout_handler(void)
  * pgbq_watchdog_handler
  *		A tick while a task runs: if the task was interrupted and is still
  *		running after the grace period, it caught the query cancel; make the
- *		worker exit (see pgbq_worker_before_exit).
+ *		worker exit (see pgbq_worker_before_exit).  A tick during
+ *		bookkeeping: if shutdown was asked for while the worker waits for a
+ *		lock, interrupt the wait.
  */
 static void
 pgbq_watchdog_handler(void)
 {
+	if (pgbq_in_bookkeeping)
+	{
+		/*
+		 * A SIGTERM that came just before a lock wait began: interrupt the
+		 * wait (the bookkeeping's error path sees pgbq_got_sigterm).
+		 */
+		if (pgbq_got_sigterm && MyProc != NULL && MyProc->waitLock != NULL)
+		{
+			InterruptPending = true;
+			QueryCancelPending = true;
+			SetLatch(MyLatch);
+		}
+		return;
+	}
 	if (!pgbq_in_task)
 		return;
 	if (!pgbq_interrupted || pgbq_escalated)
@@ -307,7 +371,8 @@ pgbq_worker_detach(int code, Datum arg)
 			PgbqDemand *d = pgbq_demand_lookup(s->dboid, s->roleoid, false);
 
 			if (d)
-				d->retry_after = GetCurrentTimestamp() + 10 * USECS_PER_SEC;
+				d->retry_after = GetCurrentTimestamp() +
+					PGBQ_CONNECT_FAILURE_BACKOFF_S * USECS_PER_SEC;
 			need_maintenance = true;
 		}
 		s->state = PGBQ_SLOT_FREE;
@@ -389,6 +454,10 @@ pgbq_worker_plans(void)
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			finish_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			next_types[1] = {OIDOID};
+	SPIPlanPtr	claim;
+	SPIPlanPtr volatile mark = NULL;
+	SPIPlanPtr volatile finish = NULL;
+	SPIPlanPtr volatile next = NULL;
 	const char *t;
 	Oid			save_userid;
 	int			save_sec;
@@ -419,7 +488,51 @@ pgbq_worker_plans(void)
 		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(cat.table_oid)))
 			break;
 	}
-	pgbq_cat = cat;
+	/*
+	 * Prepare the new plans before freeing the old ones, and switch over
+	 * only once all of them exist: an error in between (say, a changed
+	 * table) leaves the old catalog and plans in place, never a freed or
+	 * missing plan that the next claim would execute.
+	 */
+	nest = pgbq_begin_privileged(cat.owner, &save_userid, &save_sec);
+	t = cat.qualified_table;
+	claim = pgbq_prepare(psprintf("SELECT id, topic, state::text FROM %s "
+								  "WHERE owner = $1 AND state IN ('pending', 'retrying') "
+								  "AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
+								  "ORDER BY priority, next_run_at, id "
+								  "LIMIT 1 FOR UPDATE SKIP LOCKED", t),
+						 3, claim_types);
+	PG_TRY();
+	{
+		mark = pgbq_prepare(psprintf("UPDATE %s SET state = 'running', "
+									 "attempts = attempts + 1, started_at = $2, "
+									 "closed_at = NULL, worker_pid = $3 "
+									 "WHERE id = $1 RETURNING sql_statement", t),
+							3, mark_types);
+		finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+									   "worker_pid = NULL "
+									   "WHERE id = $1 AND state = 'running' "
+									   "AND worker_pid = $3", t),
+							  3, finish_types);
+		next = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
+									 "WHERE owner = $1 "
+									 "AND state IN ('pending', 'retrying')", t),
+							1, next_types);
+	}
+	PG_CATCH();
+	{
+		/* kept plans are not freed by the abort */
+		if (next)
+			SPI_freeplan(next);
+		if (finish)
+			SPI_freeplan(finish);
+		if (mark)
+			SPI_freeplan(mark);
+		SPI_freeplan(claim);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	pgbq_end_privileged(nest, save_userid, save_sec);
 
 	if (pgbq_claim_plan)
 	{
@@ -428,29 +541,11 @@ pgbq_worker_plans(void)
 		SPI_freeplan(pgbq_finish_plan);
 		SPI_freeplan(pgbq_next_eligible_plan);
 	}
-	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
-	t = pgbq_cat.qualified_table;
-	pgbq_claim_plan = pgbq_prepare(psprintf("SELECT id, topic, state::text FROM %s "
-											"WHERE owner = $1 AND state IN ('pending', 'retrying') "
-											"AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
-											"ORDER BY priority, next_run_at, id "
-											"LIMIT 1 FOR UPDATE SKIP LOCKED", t),
-								   3, claim_types);
-	pgbq_mark_running_plan = pgbq_prepare(psprintf("UPDATE %s SET state = 'running', "
-												   "attempts = attempts + 1, started_at = $2, "
-												   "closed_at = NULL, worker_pid = $3 "
-												   "WHERE id = $1 RETURNING sql_statement", t),
-										  3, mark_types);
-	pgbq_finish_plan = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-											 "worker_pid = NULL "
-											 "WHERE id = $1 AND state = 'running' "
-											 "AND worker_pid = $3", t),
-									3, finish_types);
-	pgbq_next_eligible_plan = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
-													"WHERE owner = $1 "
-													"AND state IN ('pending', 'retrying')", t),
-										   1, next_types);
-	pgbq_end_privileged(nest, save_userid, save_sec);
+	pgbq_claim_plan = claim;
+	pgbq_mark_running_plan = mark;
+	pgbq_finish_plan = finish;
+	pgbq_next_eligible_plan = next;
+	pgbq_cat = cat;
 	return true;
 }
 
@@ -519,7 +614,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 
 	*wait_until = 0;
 	*blocked = false;
-	for (round = 0; round < 32; round++)
+	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
 	{
 		Datum		args[3];
 		bool		isnull;
@@ -641,8 +736,7 @@ pgbq_standalone_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 {
 	bool		ok;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	pgbq_start_bookkeeping_xact();
 	if (!pgbq_first_claim)
 		(void) set_config_option("synchronous_commit", "off",
 								 PGC_USERSET, PGC_S_SESSION,
@@ -676,21 +770,24 @@ pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 	volatile bool ok = true;
 	MemoryContext ctx = CurrentMemoryContext;
 
+	pgbq_begin_bookkeeping_tick();
 	PG_TRY();
 	{
 		ok = pgbq_standalone_claim(task, wait_until, blocked);
 	}
 	PG_CATCH();
 	{
+		pgbq_stop_task_timers();
 		pgbq_recover_from_error(ctx);
 		QueryCancelPending = false;
 		pgbq_release_slot_task();
 		*task = NULL;
 		*blocked = false;
-		*wait_until = GetCurrentTimestamp() + USECS_PER_SEC;
+		*wait_until = GetCurrentTimestamp() + PGBQ_CLAIM_ERROR_BACKOFF_MS * 1000;
 		ok = true;
 	}
 	PG_END_TRY();
+	pgbq_stop_task_timers();
 	return ok;
 }
 
@@ -773,8 +870,7 @@ pgbq_begin_bookkeeping(PgbqTask *task)
 {
 	bool		alive;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	pgbq_start_bookkeeping_xact();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -805,6 +901,32 @@ pgbq_give_back_standalone(PgbqTask *task)
 }
 
 /*
+ * pgbq_give_back_guarded
+ *		pgbq_give_back_standalone on the way out; on an error (or a shutdown
+ *		that interrupted a lock wait) the task stays running in the name of
+ *		this exiting worker, and orphan recovery accounts for it.
+ */
+static void
+pgbq_give_back_guarded(PgbqTask *task)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	pgbq_begin_bookkeeping_tick();
+	PG_TRY();
+	{
+		pgbq_give_back_standalone(task);
+	}
+	PG_CATCH();
+	{
+		pgbq_stop_task_timers();
+		pgbq_recover_from_error(ctx);
+		QueryCancelPending = false;
+	}
+	PG_END_TRY();
+	pgbq_stop_task_timers();
+}
+
+/*
  * pgbq_finish_and_claim_next
  *		In the task's transaction: mark it finished, release the slot and
  *		claim the next task (returned, or NULL).
@@ -821,8 +943,12 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	TimestampTz wait_until;
 	bool		blocked;
 
-	/* A task may have made its transaction read-only; bookkeeping is not. */
-	XactReadOnly = false;
+	/*
+	 * Whatever the task set: the pinned settings, READ WRITE (a task may
+	 * have made its transaction read-only), until the commit.
+	 */
+	(void) NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
 
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -844,7 +970,15 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 						task->id)));
 	pgbq_notify_terminal(task->id, "finished");
 	pgbq_release_slot_task();
-	if (!pgbq_got_sigterm)
+
+	/*
+	 * Claim the next task in this commit only at READ COMMITTED: at a
+	 * higher level (the role's default, or the task's choice) the claim
+	 * would run on the task's snapshot, see rows claimed since as still
+	 * pending and fail to lock them with a serialization error.  The loop
+	 * claims in a transaction of its own instead.
+	 */
+	if (!pgbq_got_sigterm && !IsolationUsesXactSnapshot())
 		next = pgbq_claim(&wait_until, &blocked);
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	SPI_finish();
@@ -938,6 +1072,7 @@ pgbq_stop_task_timers(void)
 	DisableTimeoutParams timers[3];
 
 	pgbq_in_task = false;
+	pgbq_in_bookkeeping = false;
 	timers[0].id = pgbq_timeout_id;
 	timers[0].keep_indicator = false;
 	timers[1].id = pgbq_watchdog_id;
@@ -945,6 +1080,141 @@ pgbq_stop_task_timers(void)
 	timers[2].id = STATEMENT_TIMEOUT;	/* if a statement failed */
 	timers[2].keep_indicator = false;
 	disable_timeouts(timers, 3);
+}
+
+/*
+ * pgbq_begin_bookkeeping_tick
+ *		Bookkeeping starts: tick, so that a shutdown asked for while it waits
+ *		for a lock interrupts the wait (see pgbq_watchdog_handler).  Ended by
+ *		pgbq_stop_task_timers.
+ */
+static void
+pgbq_begin_bookkeeping_tick(void)
+{
+	pgbq_in_bookkeeping = true;
+	enable_timeout_every(pgbq_watchdog_id,
+						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 PGBQ_WATCHDOG_TICK_MS),
+						 PGBQ_WATCHDOG_TICK_MS);
+}
+
+/*
+ * pgbq_task_to_bookkeeping
+ *		The task's statements are done; its bookkeeping starts.  The task's
+ *		timeout and statement_timeout stop, the watchdog keeps ticking for
+ *		the bookkeeping, and a cancel that came too late for the task is
+ *		void (no handler sets one once pgbq_in_task is off, except a
+ *		shutdown during a lock wait).
+ */
+static void
+pgbq_task_to_bookkeeping(void)
+{
+	DisableTimeoutParams timers[2];
+
+	pgbq_in_bookkeeping = true;
+	pgbq_in_task = false;
+	QueryCancelPending = false;
+	timers[0].id = pgbq_timeout_id;
+	timers[0].keep_indicator = false;
+	timers[1].id = STATEMENT_TIMEOUT;
+	timers[1].keep_indicator = false;
+	disable_timeouts(timers, 2);
+}
+
+/*
+ * pgbq_reset_between_tasks
+ *		Undo what the task did to the session, in a transaction of its own
+ *		that commits before anything else runs (see the file header).  A
+ *		worker whose session cannot be reset runs no further task.
+ */
+static void
+pgbq_reset_between_tasks(void)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		/* dropping the task's temp tables writes */
+		XactReadOnly = false;
+		pgbq_reset_session();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		pgbq_recover_from_error(ctx);
+		ereport(LOG,
+				(errmsg("pg_background_queue: worker could not reset its session after a task in database \"%s\"; worker exiting",
+						pgbq_dbname)));
+		pgbq_must_exit = true;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(ctx);
+}
+
+/*
+ * pgbq_record_end_guarded
+ *		pgbq_record_end, surviving errors: an error is logged and the
+ *		recording tried again after PGBQ_BOOKKEEPING_RETRY_MS, so the task
+ *		ends with its own outcome instead of a dead worker and an
+ *		"interrupted" attempt.  On shutdown the worker stops trying and
+ *		leaves: the row, still running in its name, goes to orphan recovery.
+ */
+static PgbqTask *
+pgbq_record_end_guarded(PgbqTask *task, bool cancelled, bool shutdown,
+						const char *sqlstate, const char *message,
+						const char *detail)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	for (;;)
+	{
+		PgbqTask   *volatile next = NULL;
+		volatile bool done = false;
+
+		pgbq_begin_bookkeeping_tick();
+		PG_TRY();
+		{
+			next = pgbq_record_end(task, cancelled, shutdown, sqlstate,
+								   message, detail, true);
+			done = true;
+		}
+		PG_CATCH();
+		{
+			PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+			bool		holds_next;
+
+			pgbq_stop_task_timers();
+			pgbq_recover_from_error(ctx);
+			pgbq_forget_notifications();
+			QueryCancelPending = false;
+			/* a next task claimed in the aborted transaction is not ours */
+			LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+			holds_next = (me->state == PGBQ_SLOT_RUNNING && me->task_id != task->id);
+			LWLockRelease(pgbq_shared->lock);
+			if (holds_next)
+				pgbq_release_slot_task();
+		}
+		PG_END_TRY();
+		pgbq_stop_task_timers();
+		if (done)
+			return next;
+		if (pgbq_got_sigterm)
+		{
+			pgbq_current_task = NULL;
+			pgbq_must_exit = true;
+			return NULL;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 PGBQ_BOOKKEEPING_RETRY_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
 }
 
 /*
@@ -1021,7 +1291,6 @@ pgbq_run_task(PgbqTask *task)
 	MemoryContextSwitchTo(pgbq_task_ctx);
 	PG_TRY();
 	{
-		pgbq_reset_session();
 		pgstat_report_activity(STATE_RUNNING, task->sql);
 		if (pgbq_current_policy.timeout_in_sec > 0)
 			enable_timeout_after(pgbq_timeout_id,
@@ -1040,15 +1309,12 @@ pgbq_run_task(PgbqTask *task)
 			QueryCancelPending = true;
 		}
 		pgbq_execute_sql(task->sql);
-		HOLD_CANCEL_INTERRUPTS();
-		pgbq_stop_task_timers();
+		pgbq_task_to_bookkeeping();
 
 		next = pgbq_finish_and_claim_next(task);
 		CommitTransactionCommand();
+		pgbq_stop_task_timers();
 		pgbq_current_task = NULL;
-		/* a cancel that came too late for the task is void */
-		QueryCancelPending = false;
-		RESUME_CANCEL_INTERRUPTS();
 	}
 	PG_CATCH();
 	{
@@ -1059,8 +1325,6 @@ pgbq_run_task(PgbqTask *task)
 		char		sqlstate[6];
 
 		pgbq_stop_task_timers();
-		/* the error may have come from the bookkeeping after the task */
-		QueryCancelHoldoffCount = 0;
 
 		/*
 		 * The error's copy lives in the task context, reset before the next
@@ -1085,12 +1349,13 @@ pgbq_run_task(PgbqTask *task)
 		}
 		elog(DEBUG1, "pg_background_queue: task " INT64_FORMAT " failed: %s",
 			 task->id, edata->message);
-		next = pgbq_record_end(task, cancelled, shutdown, sqlstate, message,
-							   edata->detail, true);
+		next = pgbq_record_end_guarded(task, cancelled, shutdown, sqlstate,
+									   message, edata->detail);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
 	pgbq_flush_notifications();
+	pgbq_reset_between_tasks();
 
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(pgbq_worker_ctx);
@@ -1194,10 +1459,10 @@ pgbq_task_loop(void)
 
 		if (pgbq_extension_dropped)
 			break;
-		if (pgbq_got_sigterm || exit_requested)
+		if (pgbq_got_sigterm || exit_requested || pgbq_must_exit)
 		{
 			if (next)
-				pgbq_give_back_standalone(next);
+				pgbq_give_back_guarded(next);
 			if (!pgbq_extension_dropped)
 				pgbq_hand_over_wakeup();
 			break;
@@ -1275,6 +1540,20 @@ pgbq_worker_main(Datum main_arg)
 	dboid = me->dboid;
 	roleoid = me->roleoid;
 	kind = me->kind;
+
+	/*
+	 * A maintenance worker holds no task to give back: the standard
+	 * handlers, so SIGTERM (fast shutdown, pg_terminate_backend, DROP
+	 * DATABASE) ends it at once, in the middle of a retention pass or a
+	 * lock wait, and a query cancel cancels its current step.
+	 */
+	if (kind == PGBQ_KIND_MAINTENANCE)
+	{
+		pqsignal(SIGTERM, die);
+		pqsignal(SIGINT, StatementCancelHandler);
+		if (pgbq_got_sigterm)
+			proc_exit(0);
+	}
 
 	BackgroundWorkerInitializeConnectionByOid(dboid,
 											  kind == PGBQ_KIND_TASK ? roleoid : InvalidOid,
