@@ -307,7 +307,7 @@ pgbq_count_workers(Oid dboid, Oid roleoid, int *tasks_all, int *tasks_pair,
 		if (s->kind == PGBQ_KIND_TASK)
 		{
 			(*tasks_all)++;
-			if (s->dboid == dboid && s->roleoid == roleoid && !s->exit_requested)
+			if (s->dboid == dboid && s->roleoid == roleoid && s->exit_reasons == 0)
 				(*tasks_pair)++;
 		}
 		else
@@ -342,7 +342,7 @@ pgbq_make_room(Oid dboid, Oid roleoid)
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->state != PGBQ_SLOT_IDLE || s->kind != PGBQ_KIND_TASK ||
-			s->exit_requested || s->woken ||
+			s->exit_reasons != 0 || s->woken ||
 			(s->dboid == dboid && s->roleoid == roleoid))
 			continue;
 		if (victim == NULL ||
@@ -357,10 +357,10 @@ pgbq_make_room(Oid dboid, Oid roleoid)
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK &&
-			s->exit_requested && s->pid > 0)
+			(s->exit_reasons & PGBQ_EXIT_EVICTED) && s->pid > 0)
 			return;
 	}
-	victim->exit_requested = true;
+	victim->exit_reasons |= PGBQ_EXIT_EVICTED;
 	if (victim->latch)
 		SetLatch(victim->latch);
 }

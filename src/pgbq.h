@@ -82,6 +82,16 @@ typedef enum PgbqWorkerKind
 	PGBQ_KIND_MAINTENANCE
 } PgbqWorkerKind;
 
+/*
+ * Why a task worker is to leave (PgbqSlot.exit_reasons, a bit mask): any
+ * reason makes it leave at its next look; the reasons differ in who sets
+ * them and in what the leaving worker still does.
+ */
+#define PGBQ_EXIT_EVICTED	0x01	/* launcher: make room for another role */
+#define PGBQ_EXIT_DROPPED	0x02	/* DROP DATABASE / EXTENSION: hand nothing over */
+#define PGBQ_EXIT_LEAVING	0x04	/* the worker itself: idle timeout or gave
+									 * a task back; no more wake-ups for it */
+
 typedef struct PgbqSlot
 {
 	PgbqSlotState state;
@@ -98,7 +108,7 @@ typedef struct PgbqSlot
 	TimestampTz backend_start;
 	uint64		tasks_done;
 	bool		cancel_requested;	/* for task_id */
-	bool		exit_requested;
+	uint8		exit_reasons;	/* PGBQ_EXIT_* bits; 0: stays */
 	bool		woken;			/* promised to announced work, not yet looked */
 	bool		waiting_capacity;	/* wake me when a running slot frees */
 	TimestampTz wake_at;		/* idle worker: when its delayed work is due */

@@ -379,7 +379,7 @@ pgbq_worker_detach(int code, Datum arg)
 		s->pid = 0;
 		s->latch = NULL;
 		s->task_id = 0;
-		s->exit_requested = false;
+		s->exit_reasons = 0;
 		s->waiting_capacity = false;
 		s->cancel_requested = false;
 	}
@@ -836,7 +836,7 @@ pgbq_reannounce(void)
 
 	/* leaving: not the idle worker that will take it */
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-	me->exit_requested = true;
+	me->exit_reasons |= PGBQ_EXIT_LEAVING;
 	LWLockRelease(pgbq_shared->lock);
 	pgbq_announce_work(me->dboid, me->roleoid, 1, 0);
 }
@@ -1391,7 +1391,7 @@ pgbq_settle_demand(uint64 seq, TimestampTz next_eligible, bool exiting)
 		}
 	}
 	if (settled && exiting)
-		me->exit_requested = true;	/* no more wake-ups for us */
+		me->exit_reasons |= PGBQ_EXIT_LEAVING;	/* no more wake-ups for us */
 	unmet = pgbq_shared->unmet_demand;
 	LWLockRelease(pgbq_shared->lock);
 
@@ -1443,7 +1443,7 @@ pgbq_task_loop(void)
 		TimestampTz now;
 		TimestampTz deadline;
 		bool		blocked = false;
-		bool		exit_requested;
+		uint8		exit_reasons;
 		uint64		seq;
 		long		timeout_ms;
 
@@ -1454,16 +1454,19 @@ pgbq_task_loop(void)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		LWLockAcquire(pgbq_shared->lock, LW_SHARED);
-		exit_requested = me->exit_requested || pgbq_drop_in_progress(me->dboid);
+		exit_reasons = me->exit_reasons;
+		if (pgbq_drop_in_progress(me->dboid))
+			exit_reasons |= PGBQ_EXIT_DROPPED;
 		LWLockRelease(pgbq_shared->lock);
 
 		if (pgbq_extension_dropped)
 			break;
-		if (pgbq_got_sigterm || exit_requested || pgbq_must_exit)
+		if (pgbq_got_sigterm || exit_reasons != 0 || pgbq_must_exit)
 		{
 			if (next)
 				pgbq_give_back_guarded(next);
-			if (!pgbq_extension_dropped)
+			/* dropped: nothing of this database is to be woken any more */
+			if (!pgbq_extension_dropped && !(exit_reasons & PGBQ_EXIT_DROPPED))
 				pgbq_hand_over_wakeup();
 			break;
 		}
