@@ -14,7 +14,9 @@ OBJS = \
 	src/launcher.o \
 	src/maintenance.o \
 	src/shmem.o \
-	src/worker.o
+	src/worker.o \
+	src/worker_bookkeeping.o \
+	src/worker_signals.o
 PGFILEDESC = "pg_background_queue - durable background execution of SQL"
 
 DATA = $(wildcard pg_background_queue--*.sql)
@@ -43,7 +45,7 @@ PGBQ_UNKNOWN_FLAGS := $(foreach f,$(filter $(PGBQ_MAYBE_UNKNOWN_FLAGS),$(CFLAGS)
 override CFLAGS := $(filter-out $(PGBQ_UNKNOWN_FLAGS),$(CFLAGS))
 
 # every object depends on the shared headers (PGXS does not track them)
-$(OBJS): src/pgbq.h src/compat.h
+$(OBJS): src/pgbq.h src/compat.h src/worker_int.h
 
 # PGXN distribution: make dist archives the committed tree (HEAD) as
 # pg_background_queue-<META.json version>.zip, the file PGXN takes.

@@ -51,6 +51,7 @@ EXPLICIT = {
     "commit_delay": "1",
     "createrole_self_grant": "set, inherit",
     "DateStyle": "SQL, DMY",
+    "extension_control_path": "/nonexistent/pgbq-leak:$system",
     "default_table_access_method": "leakheap",
     "default_tablespace": "leakspc",
     "default_text_search_config": "pg_catalog.english",
