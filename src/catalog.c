@@ -11,6 +11,42 @@
  * function with a SET clause gets.  Every statement also qualifies every
  * name, so nothing a user puts on its search_path can take part.
  *
+ * Task-row state changes.  Every change of pg_background_tasks.state, who
+ * makes it and what keeps it from racing another (each UPDATE names the
+ * from-state in its WHERE clause, so a change whose from-state no longer
+ * holds touches nothing; "row lock" is the lock the UPDATE or FOR UPDATE
+ * takes on the row):
+ *
+ *	from              to                who (file)                            serialised by
+ *	(new)             pending           pg_background_enqueue[_many]          new row
+ *	                                    (enqueue.c)
+ *	pending/retrying  running           claim: claim + mark-running plans     FOR UPDATE SKIP LOCKED; the
+ *	                                    (worker_bookkeeping.c), attempts+1    slot goes RUNNING in the same
+ *	                                                                          transaction under the shmem
+ *	                                                                          lock (pgbq_slot_try_start)
+ *	running           finished          finish plan, in the task's own        row lock; only WHERE state =
+ *	                                    transaction (worker_bookkeeping.c)    'running' AND worker_pid = us
+ *	running           retrying/failed/  pgbq_record_attempt_failure (here),   SELECT ... FOR UPDATE WHERE
+ *	                  cancelled         after the task's transaction rolled   state = 'running'; nothing if
+ *	                                    back, and orphan recovery             already accounted for
+ *	running           pending/retrying  give-back on shutdown: previous       row lock; only WHERE state =
+ *	                                    state, attempts-1                     'running' AND worker_pid = us
+ *	                                    (worker_bookkeeping.c)
+ *	pending/retrying  cancelled         pg_background_cancel (enqueue.c)      row lock
+ *	running           (request only)    pg_background_cancel: slot's          shmem lock, exclusive; the
+ *	                                    cancel_requested + SIGINT             worker records "cancelled"
+ *	                                                                          through the failure path
+ *	failed/cancelled  pending           pg_background_retry (enqueue.c),      row lock
+ *	                                    fresh retry budget
+ *	pending/retrying  failed            maintenance: owner dropped or         row lock
+ *	                                    cannot log in (28000)
+ *	running           retrying/failed   maintenance orphan recovery: worker   FOR UPDATE SKIP LOCKED; each
+ *	                                    gone (57P02, maintenance.c)           candidate re-checked against
+ *	                                                                          the live slots
+ *	finished/failed/  (deleted)         _pg_background_queue_prune (SQL):     FOR UPDATE SKIP LOCKED
+ *	cancelled                           retention (maintenance.c) and
+ *	                                    pg_background_queue_purge
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
