@@ -396,6 +396,39 @@ pgbq_release_slot_task(void)
 }
 
 /*
+ * pgbq_recover_bookkeeping_error
+ *		pgbq_recover_from_error for bookkeeping: the query cancel with which
+ *		a shutdown interrupted a lock wait (see pgbq_watchdog_handler) is the
+ *		worker leaving as asked, not an error to log.
+ */
+void
+pgbq_recover_bookkeeping_error(MemoryContext ctx)
+{
+	ErrorData  *edata;
+
+	if (!pgbq_got_sigterm)
+	{
+		pgbq_recover_from_error(ctx);
+		return;
+	}
+	MemoryContextSwitchTo(ctx);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED)
+	{
+		FreeErrorData(edata);
+		pgbq_recover_from_error(ctx);
+		return;
+	}
+	HOLD_INTERRUPTS();
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	RESUME_INTERRUPTS();
+	elog(DEBUG1, "pg_background_queue: stopped waiting for a lock to shut down");
+	FreeErrorData(edata);
+	MemoryContextSwitchTo(ctx);
+}
+
+/*
  * pgbq_guarded_claim
  *		pgbq_standalone_claim, surviving errors (a stray cancel signal, a
  *		serialization hiccup): the error is logged, the transaction and slot
@@ -407,7 +440,7 @@ pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 	volatile bool ok = true;
 	MemoryContext ctx = CurrentMemoryContext;
 
-	pgbq_begin_bookkeeping_tick();
+	pgbq_begin_bookkeeping_tick(false);
 	PG_TRY();
 	{
 		ok = pgbq_standalone_claim(task, wait_until, blocked);
@@ -415,7 +448,7 @@ pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 	PG_CATCH();
 	{
 		pgbq_stop_task_timers();
-		pgbq_recover_from_error(ctx);
+		pgbq_recover_bookkeeping_error(ctx);
 		QueryCancelPending = false;
 		pgbq_release_slot_task();
 		*task = NULL;
@@ -548,7 +581,7 @@ pgbq_give_back_guarded(PgbqTask *task)
 {
 	MemoryContext ctx = CurrentMemoryContext;
 
-	pgbq_begin_bookkeeping_tick();
+	pgbq_begin_bookkeeping_tick(true);
 	PG_TRY();
 	{
 		pgbq_give_back_standalone(task);
@@ -556,7 +589,7 @@ pgbq_give_back_guarded(PgbqTask *task)
 	PG_CATCH();
 	{
 		pgbq_stop_task_timers();
-		pgbq_recover_from_error(ctx);
+		pgbq_recover_bookkeeping_error(ctx);
 		QueryCancelPending = false;
 	}
 	PG_END_TRY();
@@ -690,7 +723,7 @@ pgbq_record_end_guarded(PgbqTask *task, bool cancelled, bool shutdown,
 		PgbqTask   *volatile next = NULL;
 		volatile bool done = false;
 
-		pgbq_begin_bookkeeping_tick();
+		pgbq_begin_bookkeeping_tick(true);
 		PG_TRY();
 		{
 			next = pgbq_record_end(task, cancelled, shutdown, sqlstate,
@@ -703,7 +736,7 @@ pgbq_record_end_guarded(PgbqTask *task, bool cancelled, bool shutdown,
 			bool		holds_next;
 
 			pgbq_stop_task_timers();
-			pgbq_recover_from_error(ctx);
+			pgbq_recover_bookkeeping_error(ctx);
 			pgbq_forget_notifications();
 			QueryCancelPending = false;
 			/* a next task claimed in the aborted transaction is not ours */

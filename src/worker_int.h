@@ -28,6 +28,12 @@
 #define PGBQ_WATCHDOG_TICK_MS		250
 #define PGBQ_INTERRUPT_GRACE_MS		500
 
+/*
+ * On shutdown, bookkeeping about a held task waits this long for a lock
+ * before it gives up (see pgbq_watchdog_handler).
+ */
+#define PGBQ_SHUTDOWN_LOCK_GRACE_MS	5000
+
 /* A claimed task, copied out of the claim transaction. */
 typedef struct PgbqTask
 {
@@ -65,11 +71,12 @@ extern void pgbq_task_timeout_handler(void);
 extern void pgbq_watchdog_handler(void);
 extern bool pgbq_cancel_requested(int64 task_id);
 extern void pgbq_stop_task_timers(void);
-extern void pgbq_begin_bookkeeping_tick(void);
+extern void pgbq_begin_bookkeeping_tick(bool holds_task);
 extern void pgbq_task_to_bookkeeping(void);
 
 /* worker_bookkeeping.c */
 extern void pgbq_log_abandoned(PgbqTask *task, bool started);
+extern void pgbq_recover_bookkeeping_error(MemoryContext ctx);
 extern void pgbq_release_slot_task(void);
 extern bool pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until,
 							   bool *blocked);

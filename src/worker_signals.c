@@ -48,6 +48,10 @@ TimeoutId	pgbq_watchdog_id;
 
 /* between a task's last statement and its worker's next wait */
 static volatile sig_atomic_t pgbq_in_bookkeeping = false;
+/* ... and it is about a task this worker holds (finish, failure, give-back) */
+static volatile sig_atomic_t pgbq_bookkeeping_holds_task = false;
+/* ticks spent waiting for a lock since shutdown was asked for */
+static volatile sig_atomic_t pgbq_lock_wait_ticks = 0;
 
 /*
  * pgbq_on_sigterm
@@ -75,7 +79,8 @@ pgbq_on_sigterm(bool from_self)
 	{
 		pgbq_got_sigterm = true;
 		/* bookkeeping waiting for someone else's lock: stop waiting */
-		if (pgbq_in_bookkeeping && MyProc != NULL && MyProc->waitLock != NULL)
+		if (pgbq_in_bookkeeping && !pgbq_bookkeeping_holds_task &&
+			MyProc != NULL && MyProc->waitLock != NULL)
 		{
 			InterruptPending = true;
 			QueryCancelPending = true;
@@ -211,14 +216,25 @@ pgbq_watchdog_handler(void)
 	if (pgbq_in_bookkeeping)
 	{
 		/*
-		 * A SIGTERM that came just before a lock wait began: interrupt the
-		 * wait (the bookkeeping's error path sees pgbq_got_sigterm).
+		 * Shutdown was asked for while the bookkeeping waits for a lock
+		 * (or just before the wait began): interrupt the wait; the error
+		 * path sees pgbq_got_sigterm.  A claim holds nothing and stops at
+		 * once.  Recording a held task's end waits up to
+		 * PGBQ_SHUTDOWN_LOCK_GRACE_MS first: the lock holder is usually
+		 * leaving too (a client backend at shutdown, a DROP EXTENSION), and
+		 * an abandoned record is only accounted for by orphan recovery, as
+		 * an interrupted attempt.
 		 */
 		if (pgbq_got_sigterm && MyProc != NULL && MyProc->waitLock != NULL)
 		{
-			InterruptPending = true;
-			QueryCancelPending = true;
-			SetLatch(MyLatch);
+			pgbq_lock_wait_ticks++;
+			if (!pgbq_bookkeeping_holds_task ||
+				pgbq_lock_wait_ticks * PGBQ_WATCHDOG_TICK_MS > PGBQ_SHUTDOWN_LOCK_GRACE_MS)
+			{
+				InterruptPending = true;
+				QueryCancelPending = true;
+				SetLatch(MyLatch);
+			}
 		}
 		return;
 	}
@@ -248,6 +264,8 @@ pgbq_stop_task_timers(void)
 
 	pgbq_in_task = false;
 	pgbq_in_bookkeeping = false;
+	pgbq_bookkeeping_holds_task = false;
+	pgbq_lock_wait_ticks = 0;
 	timers[0].id = pgbq_timeout_id;
 	timers[0].keep_indicator = false;
 	timers[1].id = pgbq_watchdog_id;
@@ -260,12 +278,16 @@ pgbq_stop_task_timers(void)
 /*
  * pgbq_begin_bookkeeping_tick
  *		Bookkeeping starts: tick, so that a shutdown asked for while it waits
- *		for a lock interrupts the wait (see pgbq_watchdog_handler).  Ended by
+ *		for a lock interrupts the wait (see pgbq_watchdog_handler); holds_task
+ *		if it records the end of a task this worker holds.  Ended by
  *		pgbq_stop_task_timers.
  */
 void
-pgbq_begin_bookkeeping_tick(void)
+pgbq_begin_bookkeeping_tick(bool holds_task)
 {
+	pgbq_bookkeeping_holds_task = holds_task;
+	pgbq_lock_wait_ticks = 0;
+	pg_memory_barrier();
 	pgbq_in_bookkeeping = true;
 	enable_timeout_every(pgbq_watchdog_id,
 						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -286,6 +308,9 @@ pgbq_task_to_bookkeeping(void)
 {
 	DisableTimeoutParams timers[2];
 
+	pgbq_bookkeeping_holds_task = true;
+	pgbq_lock_wait_ticks = 0;
+	pg_memory_barrier();
 	pgbq_in_bookkeeping = true;
 	pgbq_in_task = false;
 	QueryCancelPending = false;
