@@ -33,6 +33,15 @@
 #define PGBQ_MAX_DATABASES		128
 #define PGBQ_MAX_RATE_TOPICS	512
 
+/*
+ * One role may hold more than PGBQ_RATE_TOPICS_PER_ROLE rate limit entries
+ * only while more than PGBQ_RATE_TOPICS_RESERVE entries stay free for the
+ * others: a role starting tasks of many distinct rate-limited topics cannot
+ * make every other role's topics look limited.
+ */
+#define PGBQ_RATE_TOPICS_PER_ROLE	64
+#define PGBQ_RATE_TOPICS_RESERVE	128
+
 /* ---------------------------------------------------------------------
  * GUCs and topic configuration (guc.c)
  * ------------------------------------------------------------------- */
@@ -140,6 +149,7 @@ typedef struct PgbqRateTopic
 	bool		in_use;
 	bool		isnull;
 	char		topic[NAMEDATALEN];
+	Oid			roleoid;		/* the role whose task created the entry */
 	TimestampTz last_start;
 } PgbqRateTopic;
 

@@ -150,16 +150,21 @@ pgbq_slot_clear(PgbqSlot *s)
 
 /*
  * pgbq_rate_lookup
- *		Rate limit state of a topic, created on demand.  Entries whose
- *		delay has long elapsed are recycled when the table is full; if none
- *		can be recycled, NULL is returned and the caller must treat the
- *		topic as rate limited.  Caller holds the lock exclusively.
+ *		Rate limit state of a topic, created on demand for a task of role
+ *		roleoid.  A role beyond its share of the table (see
+ *		PGBQ_RATE_TOPICS_PER_ROLE) gets a free entry only while enough stay
+ *		free for the others.  Otherwise an entry whose delay has long
+ *		elapsed is recycled; if none can be, NULL is returned and the caller
+ *		must treat the topic as rate limited.  Caller holds the lock
+ *		exclusively.
  */
 static PgbqRateTopic *
-pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
+pgbq_rate_lookup(const char *topic, TimestampTz now, double delay, Oid roleoid)
 {
 	PgbqRateTopic *freeent = NULL;
 	PgbqRateTopic *oldest = NULL;
+	int			nfree = 0;
+	int			mine = 0;
 	int			i;
 
 	for (i = 0; i < PGBQ_MAX_RATE_TOPICS; i++)
@@ -170,13 +175,19 @@ pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
 		{
 			if (freeent == NULL)
 				freeent = r;
+			nfree++;
 			continue;
 		}
 		if (topic == NULL ? r->isnull : (!r->isnull && strcmp(r->topic, topic) == 0))
 			return r;
+		if (r->roleoid == roleoid)
+			mine++;
 		if (oldest == NULL || r->last_start < oldest->last_start)
 			oldest = r;
 	}
+	if (freeent != NULL && mine >= PGBQ_RATE_TOPICS_PER_ROLE &&
+		nfree <= PGBQ_RATE_TOPICS_RESERVE)
+		freeent = NULL;			/* beyond its share: the rest is for others */
 	if (freeent == NULL)
 	{
 		/* Recycle an entry that no longer constrains anything. */
@@ -187,6 +198,7 @@ pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
 	}
 	memset(freeent, 0, sizeof(PgbqRateTopic));
 	freeent->in_use = true;
+	freeent->roleoid = roleoid;
 	freeent->isnull = (topic == NULL);
 	if (topic)
 		strlcpy(freeent->topic, topic, NAMEDATALEN);
@@ -234,7 +246,7 @@ pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
 	{
 		int64		delay_us = (int64) (policy->delay_in_sec * USECS_PER_SEC);
 
-		rate = pgbq_rate_lookup(topic, now, policy->delay_in_sec);
+		rate = pgbq_rate_lookup(topic, now, policy->delay_in_sec, me->roleoid);
 		if (rate == NULL)
 		{
 			*retry_at = now + delay_us;
