@@ -286,7 +286,8 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 			MemoryContext old;
 
 			margs[0] = Int64GetDatum(id);
-			margs[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+			/* the start the rate limit counted, so spacing shows exactly */
+			margs[1] = TimestampTzGetDatum(now);
 			margs[2] = Int32GetDatum(MyProcPid);
 			rc = SPI_execute_plan(pgbq_mark_running_plan, margs, NULL, false, 1);
 			if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
