@@ -15,6 +15,8 @@ OBJS = \
 	src/maintenance.o \
 	src/shmem.o \
 	src/worker.o \
+	src/worker_bookkeeping.o \
+	src/worker_signals.o \
 	src/workflow.o
 PGFILEDESC = "pg_background_queue - durable background execution of SQL"
 
@@ -59,7 +61,7 @@ pg_isolation_regress_installcheck = \
 endif
 
 # every object depends on the shared headers (PGXS does not track them)
-$(OBJS): src/pgbq.h src/compat.h
+$(OBJS): src/pgbq.h src/compat.h src/worker_int.h
 
 # PGXN distribution: make dist archives the committed tree (HEAD) as
 # pg_background_queue-<META.json version>.zip, the file PGXN takes.

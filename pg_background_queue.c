@@ -280,6 +280,22 @@ pgbq_make_way_for_drop(void)
 }
 
 /*
+ * pgbq_next_process_utility
+ *		Run a utility statement through the next hook or PostgreSQL.
+ */
+static void
+pgbq_next_process_utility(PlannedStmt *pstmt, const char *queryString,
+						  bool readOnlyTree, ProcessUtilityContext context,
+						  ParamListInfo params, QueryEnvironment *queryEnv,
+						  DestReceiver *dest, QueryCompletion *qc)
+{
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
+
+/*
  * pgbq_process_utility
  *		Before DROP DATABASE, ask our workers connected to it to leave, so
  *		that the drop does not fail with "being accessed by other users".
@@ -295,6 +311,7 @@ pgbq_process_utility(PlannedStmt *pstmt, const char *queryString,
 					 DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
+	Oid			dropped_db = InvalidOid;
 
 	if (pgbq_shared != NULL && parsetree != NULL && IsA(parsetree, DropdbStmt))
 	{
@@ -302,7 +319,10 @@ pgbq_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 		/* only for a drop that may go ahead: others must not disturb us */
 		if (OidIsValid(dboid) && pgbq_database_ownercheck(dboid))
+		{
 			(void) pgbq_request_database_exit(dboid, true);
+			dropped_db = dboid;
+		}
 	}
 	else if (pgbq_shared != NULL && parsetree != NULL &&
 			 IsA(parsetree, DropStmt) &&
@@ -313,10 +333,30 @@ pgbq_process_utility(PlannedStmt *pstmt, const char *queryString,
 		if (OidIsValid(extoid) && pgbq_extension_ownercheck(extoid))
 			pgbq_make_way_for_drop();
 	}
-	if (prev_ProcessUtility)
-		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	if (!OidIsValid(dropped_db))
+	{
+		pgbq_next_process_utility(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+		return;
+	}
+
+	/*
+	 * The DROP DATABASE may still fail (another session is connected, a
+	 * replication slot uses it): its workers have left and its wake-ups
+	 * and maintenance were forgotten.  A maintenance pass restores them: it
+	 * rebuilds the database's demand, delayed wake-ups included.
+	 */
+	PG_TRY();
+	{
+		pgbq_next_process_utility(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		pgbq_request_maintenance(dropped_db);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 /*

@@ -11,6 +11,42 @@
  * function with a SET clause gets.  Every statement also qualifies every
  * name, so nothing a user puts on its search_path can take part.
  *
+ * Task-row state changes.  Every change of pg_background_tasks.state, who
+ * makes it and what keeps it from racing another (each UPDATE names the
+ * from-state in its WHERE clause, so a change whose from-state no longer
+ * holds touches nothing; "row lock" is the lock the UPDATE or FOR UPDATE
+ * takes on the row):
+ *
+ *	from              to                who (file)                            serialised by
+ *	(new)             pending           pg_background_enqueue[_many]          new row
+ *	                                    (enqueue.c)
+ *	pending/retrying  running           claim: claim + mark-running plans     FOR UPDATE SKIP LOCKED; the
+ *	                                    (worker_bookkeeping.c), attempts+1    slot goes RUNNING in the same
+ *	                                                                          transaction under the shmem
+ *	                                                                          lock (pgbq_slot_try_start)
+ *	running           finished          finish plan, in the task's own        row lock; only WHERE state =
+ *	                                    transaction (worker_bookkeeping.c)    'running' AND worker_pid = us
+ *	running           retrying/failed/  pgbq_record_attempt_failure (here),   SELECT ... FOR UPDATE WHERE
+ *	                  cancelled         after the task's transaction rolled   state = 'running'; nothing if
+ *	                                    back, and orphan recovery             already accounted for
+ *	running           pending/retrying  give-back on shutdown: previous       row lock; only WHERE state =
+ *	                                    state, attempts-1                     'running' AND worker_pid = us
+ *	                                    (worker_bookkeeping.c)
+ *	pending/retrying  cancelled         pg_background_cancel (enqueue.c)      row lock
+ *	running           (request only)    pg_background_cancel: slot's          shmem lock, exclusive; the
+ *	                                    cancel_requested + SIGINT             worker records "cancelled"
+ *	                                                                          through the failure path
+ *	failed/cancelled  pending           pg_background_retry (enqueue.c),      row lock
+ *	                                    fresh retry budget
+ *	pending/retrying  failed            maintenance: owner dropped or         row lock
+ *	                                    cannot log in (28000)
+ *	running           retrying/failed   maintenance orphan recovery: worker   FOR UPDATE SKIP LOCKED; each
+ *	                                    gone (57P02, maintenance.c)           candidate re-checked against
+ *	                                                                          the live slots
+ *	finished/failed/  (deleted)         _pg_background_queue_prune (SQL):     FOR UPDATE SKIP LOCKED
+ *	cancelled                           retention (maintenance.c) and
+ *	                                    pg_background_queue_purge
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -126,6 +162,97 @@ pgbq_begin_privileged(Oid owner, Oid *save_userid, int *save_sec_context)
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
+}
+
+/*
+ * The settings every bookkeeping statement runs with, whatever a task left
+ * in its session or its role's and database's defaults say: no timeout can
+ * cut a claim or a finish short, no planner switch or parallel/JIT setting
+ * changes how the claim runs, replication-role triggers and row level
+ * security behave as for the owner, and literals parse the same way.  A
+ * name this server does not know (renamed or newer parameters) is skipped.
+ * Values are written as GetConfigOption shows them, so an unchanged value
+ * costs one lookup and no assignment.
+ */
+typedef struct PgbqPinnedSetting
+{
+	const char *name;
+	const char *value;
+} PgbqPinnedSetting;
+
+static const PgbqPinnedSetting pgbq_bookkeeping_settings[] = {
+	{"statement_timeout", "0"},
+	{"lock_timeout", "0"},
+	{"idle_in_transaction_session_timeout", "0"},
+	{"transaction_timeout", "0"},	/* 17 and later */
+	{"session_replication_role", "origin"},
+	{"row_security", "on"},
+	{"standard_conforming_strings", "on"},
+	{"transform_null_equals", "off"},
+	{"plan_cache_mode", "auto"},
+	{"jit", "off"},
+	{"max_parallel_workers_per_gather", "0"},
+	{"force_parallel_mode", "off"},	/* 15 */
+	{"debug_parallel_query", "off"},	/* 16 and later */
+	{"enable_bitmapscan", "on"},
+	{"enable_hashagg", "on"},
+	{"enable_hashjoin", "on"},
+	{"enable_incremental_sort", "on"},
+	{"enable_indexonlyscan", "on"},
+	{"enable_indexscan", "on"},
+	{"enable_material", "on"},
+	{"enable_memoize", "on"},
+	{"enable_mergejoin", "on"},
+	{"enable_nestloop", "on"},
+	{"enable_seqscan", "on"},
+	{"enable_sort", "on"},
+	{"enable_tidscan", "on"},
+};
+
+/*
+ * pgbq_pin_bookkeeping_settings
+ *		Inside a GUC nest level (see pgbq_start_bookkeeping_xact and
+ *		pgbq_begin_privileged): set pgbq_bookkeeping_settings where they
+ *		differ, until the nest level or the transaction ends.  Also makes
+ *		the transaction writable again: a task may have made its own
+ *		transaction read-only, and bookkeeping writes.
+ */
+void
+pgbq_pin_bookkeeping_settings(void)
+{
+	size_t		i;
+
+	XactReadOnly = false;
+	for (i = 0; i < lengthof(pgbq_bookkeeping_settings); i++)
+	{
+		const PgbqPinnedSetting *p = &pgbq_bookkeeping_settings[i];
+		const char *current = GetConfigOption(p->name, true, false);
+
+		if (current == NULL || strcmp(current, p->value) == 0)
+			continue;
+		(void) set_config_option(p->name, p->value, PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	}
+}
+
+/*
+ * pgbq_start_bookkeeping_xact
+ *		Start a transaction of a worker's own (claim, record a task's end,
+ *		give a task back, maintenance): READ COMMITTED, READ WRITE, not
+ *		DEFERRABLE, with the pinned settings, however the session's
+ *		default_transaction_* were left (StartTransaction copies them).  The
+ *		settings are undone when the transaction ends.
+ */
+void
+pgbq_start_bookkeeping_xact(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	/* before the transaction's first snapshot, so they take effect */
+	XactIsoLevel = XACT_READ_COMMITTED;
+	XactDeferrable = false;
+	(void) NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
 }
 
 /*

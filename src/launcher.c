@@ -307,7 +307,7 @@ pgbq_count_workers(Oid dboid, Oid roleoid, int *tasks_all, int *tasks_pair,
 		if (s->kind == PGBQ_KIND_TASK)
 		{
 			(*tasks_all)++;
-			if (s->dboid == dboid && s->roleoid == roleoid && !s->exit_requested)
+			if (s->dboid == dboid && s->roleoid == roleoid && s->exit_reasons == 0)
 				(*tasks_pair)++;
 		}
 		else
@@ -342,7 +342,7 @@ pgbq_make_room(Oid dboid, Oid roleoid)
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->state != PGBQ_SLOT_IDLE || s->kind != PGBQ_KIND_TASK ||
-			s->exit_requested || s->woken ||
+			s->exit_reasons != 0 || s->woken ||
 			(s->dboid == dboid && s->roleoid == roleoid))
 			continue;
 		if (victim == NULL ||
@@ -357,10 +357,10 @@ pgbq_make_room(Oid dboid, Oid roleoid)
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK &&
-			s->exit_requested && s->pid > 0)
+			(s->exit_reasons & PGBQ_EXIT_EVICTED) && s->pid > 0)
 			return;
 	}
-	victim->exit_requested = true;
+	victim->exit_reasons |= PGBQ_EXIT_EVICTED;
 	if (victim->latch)
 		SetLatch(victim->latch);
 }
@@ -473,7 +473,13 @@ pgbq_schedule_task_workers(TimestampTz now)
 			LWLockRelease(pgbq_shared->lock);
 			continue;
 		}
+		/*
+		 * Take the demand we are about to serve out of the entry: work
+		 * announced while we start workers (the lock is released meanwhile)
+		 * adds to what is left, instead of being overwritten by it below.
+		 */
 		need = d->want;
+		d->want = 0;
 		if (d->wake_at != 0 && d->wake_at <= now)
 		{
 			d->wake_at = 0;
@@ -504,8 +510,8 @@ pgbq_schedule_task_workers(TimestampTz now)
 			tasks_all++;
 		}
 		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid)
-			d->want = Max(need, 0);
+		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid && need > 0)
+			d->want = Min(d->want + need, Max(pgbq_max_parallel, 1));
 		LWLockRelease(pgbq_shared->lock);
 		if (need > 0)
 			unmet = true;

@@ -276,8 +276,7 @@ pgbq_maintenance_step(int step, int64 *result)
 	bool		installed;
 
 	*result = 0;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	pgbq_start_bookkeeping_xact();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	installed = pgbq_catalog_lookup(&cat, true);
 	if (installed)

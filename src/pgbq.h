@@ -35,6 +35,15 @@
 #define PGBQ_MAX_PAUSED_TOPICS	64
 #define PGBQ_DEDUPE_KEY_MAXLEN	1024
 
+/*
+ * One role may hold more than PGBQ_RATE_TOPICS_PER_ROLE rate limit entries
+ * only while more than PGBQ_RATE_TOPICS_RESERVE entries stay free for the
+ * others: a role starting tasks of many distinct rate-limited topics cannot
+ * make every other role's topics look limited.
+ */
+#define PGBQ_RATE_TOPICS_PER_ROLE	64
+#define PGBQ_RATE_TOPICS_RESERVE	128
+
 /* ---------------------------------------------------------------------
  * GUCs and topic configuration (guc.c)
  * ------------------------------------------------------------------- */
@@ -84,6 +93,16 @@ typedef enum PgbqWorkerKind
 	PGBQ_KIND_MAINTENANCE
 } PgbqWorkerKind;
 
+/*
+ * Why a task worker is to leave (PgbqSlot.exit_reasons, a bit mask): any
+ * reason makes it leave at its next look; the reasons differ in who sets
+ * them and in what the leaving worker still does.
+ */
+#define PGBQ_EXIT_EVICTED	0x01	/* launcher: make room for another role */
+#define PGBQ_EXIT_DROPPED	0x02	/* DROP DATABASE / EXTENSION: hand nothing over */
+#define PGBQ_EXIT_LEAVING	0x04	/* the worker itself: idle timeout or gave
+									 * a task back; no more wake-ups for it */
+
 typedef struct PgbqSlot
 {
 	PgbqSlotState state;
@@ -100,7 +119,7 @@ typedef struct PgbqSlot
 	TimestampTz backend_start;
 	uint64		tasks_done;
 	bool		cancel_requested;	/* for task_id */
-	bool		exit_requested;
+	uint8		exit_reasons;	/* PGBQ_EXIT_* bits; 0: stays */
 	bool		woken;			/* promised to announced work, not yet looked */
 	bool		waiting_capacity;	/* wake me when a running slot frees */
 	TimestampTz wake_at;		/* idle worker: when its delayed work is due */
@@ -132,6 +151,7 @@ typedef struct PgbqRateTopic
 	bool		in_use;
 	bool		isnull;
 	char		topic[NAMEDATALEN];
+	Oid			roleoid;		/* the role whose task created the entry */
 	TimestampTz last_start;
 } PgbqRateTopic;
 
@@ -220,6 +240,8 @@ extern int	pgbq_begin_privileged(Oid owner, Oid *save_userid,
 								  int *save_sec_context);
 extern void pgbq_end_privileged(int nestlevel, Oid save_userid,
 								int save_sec_context);
+extern void pgbq_pin_bookkeeping_settings(void);
+extern void pgbq_start_bookkeeping_xact(void);
 extern const char *pgbq_state_retry_decision(int attempts,
 											 const PgbqTopicPolicy *policy,
 											 bool cancelled, int *delay_sec);

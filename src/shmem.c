@@ -3,14 +3,67 @@
  * shmem.c
  *	  Shared state of pg_background_queue.
  *
- * Locking rules: every field of PgbqShared is read and written with
- * pgbq_shared->lock held (shared for reads, exclusive for writes), except
- * that a slot's latch may be set without the lock once it has been read
- * under it.  Worker accounting is derived from the slots themselves, never
- * from a separate counter, so it cannot drift: a slot is in use from the
- * moment the launcher reserves it until the process behind it has exited
- * (the worker frees it on exit; the launcher frees slots whose process
- * vanished without doing so, and a crash restart reinitialises everything).
+ * One LWLock (pgbq_shared->lock) protects everything here.  Writers hold it
+ * exclusively, readers at least shared; the exceptions are listed below.
+ * Worker accounting is derived from the slots themselves, never from a
+ * separate counter, so it cannot drift: a slot is in use from the moment
+ * the launcher reserves it until the process behind it has exited.
+ *
+ * Slot state machine (PgbqSlot.state; every transition under the lock held
+ * exclusively):
+ *
+ *	 FREE --(launcher: pgbq_start_worker reserves it, generation++,
+ *	 |		 woken = true)--> STARTING
+ *	 STARTING --(worker: pgbq_attach_slot, if the generation still
+ *	 |		 matches; sets pid and latch)--> IDLE
+ *	 STARTING --(launcher: registration failed, or no process after
+ *	 |		 PGBQ_STARTING_TIMEOUT_US / process gone: pgbq_reap_slots)--> FREE
+ *	 IDLE --(worker: pgbq_slot_try_start, after checking the global and
+ *	 |		 topic limits and the rate limit in the same critical
+ *	 |		 section)--> RUNNING (task_id, topic, task_started_at)
+ *	 RUNNING --(worker: pgbq_slot_finish_task; task ended, given back,
+ *	 |		 or its claim rolled back)--> IDLE
+ *	 IDLE, RUNNING --(worker exit: pgbq_worker_detach; RUNNING asks for
+ *			 a maintenance pass)--> FREE
+ *	 any --(launcher or calibrate: process vanished without detaching,
+ *			 pgbq_reap_slots / pgbq_live_task_workers)--> FREE
+ *
+ * Flags of a slot in use:
+ *	- woken: set by pgbq_start_worker and pgbq_announce_work ("this worker
+ *	  is spoken for by announced work"), cleared by the worker when it
+ *	  starts looking for work (pgbq_demand_seq).  A woken worker is not
+ *	  counted again for new work and is never evicted.
+ *	- waiting_capacity: set by pgbq_slot_try_start when a limit held a task
+ *	  back; cleared, and the latch set, by pgbq_wake_capacity_waiters when a
+ *	  running slot frees, or when the slot starts a task.
+ *	- wake_at: written by the worker before it sleeps (its delayed work's
+ *	  due time), read by the launcher to choose whom to evict and by the
+ *	  worker to hand its wake-up over when it leaves; cleared by
+ *	  pgbq_request_database_exit.
+ *	- exit_reasons (PGBQ_EXIT_* bits, see pgbq.h): EVICTED set by the
+ *	  launcher (pgbq_make_room, one pending eviction at a time), DROPPED by
+ *	  pgbq_request_database_exit (DROP DATABASE / EXTENSION), LEAVING by the
+ *	  worker itself (idle timeout, or it gave a task back and is exiting).
+ *	  Any bit: the worker leaves at its next look, gets no more wake-ups and
+ *	  counts no longer towards its role's pool.  Cleared only by detach.
+ *	- cancel_requested: set by pgbq_signal_cancel for task_id just before it
+ *	  sends SIGINT, cleared when the slot starts or finishes a task.  The
+ *	  worker reads it without the lock (from its SIGINT handler, and when a
+ *	  task starts): the write happened before the signal was sent.
+ *
+ * Fields stable once a slot is reserved (written by the launcher while the
+ * slot is STARTING, unchanged until it is FREE again, so the slot's own
+ * worker reads them without the lock): kind, dboid, roleoid, generation.
+ * pid and latch are written once at attach and cleared at detach; a latch
+ * read under the lock may be set after releasing it (a stale latch belongs
+ * to a process that is gone or about to be: setting it is harmless).
+ *
+ * Demand entries (PgbqDemand, keyed by (database, role)): want is raised by
+ * pgbq_announce_work, taken by the launcher before it starts workers (what
+ * it could not start is added back, never overwritten) and zeroed by a
+ * worker that found nothing (pgbq_settle_demand, unless seq moved: new work
+ * was announced meanwhile).  Database entries (PgbqDatabase) carry the
+ * maintenance schedule and the DROP EXTENSION mark.
  *
  * Concurrency limits are checked and taken in one critical section
  * (pgbq_slot_try_start), so neither the global nor a topic limit can be
@@ -99,16 +152,21 @@ pgbq_slot_clear(PgbqSlot *s)
 
 /*
  * pgbq_rate_lookup
- *		Rate limit state of a topic, created on demand.  Entries whose
- *		delay has long elapsed are recycled when the table is full; if none
- *		can be recycled, NULL is returned and the caller must treat the
- *		topic as rate limited.  Caller holds the lock exclusively.
+ *		Rate limit state of a topic, created on demand for a task of role
+ *		roleoid.  A role beyond its share of the table (see
+ *		PGBQ_RATE_TOPICS_PER_ROLE) gets a free entry only while enough stay
+ *		free for the others.  Otherwise an entry whose delay has long
+ *		elapsed is recycled; if none can be, NULL is returned and the caller
+ *		must treat the topic as rate limited.  Caller holds the lock
+ *		exclusively.
  */
 static PgbqRateTopic *
-pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
+pgbq_rate_lookup(const char *topic, TimestampTz now, double delay, Oid roleoid)
 {
 	PgbqRateTopic *freeent = NULL;
 	PgbqRateTopic *oldest = NULL;
+	int			nfree = 0;
+	int			mine = 0;
 	int			i;
 
 	for (i = 0; i < PGBQ_MAX_RATE_TOPICS; i++)
@@ -119,13 +177,19 @@ pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
 		{
 			if (freeent == NULL)
 				freeent = r;
+			nfree++;
 			continue;
 		}
 		if (topic == NULL ? r->isnull : (!r->isnull && strcmp(r->topic, topic) == 0))
 			return r;
+		if (r->roleoid == roleoid)
+			mine++;
 		if (oldest == NULL || r->last_start < oldest->last_start)
 			oldest = r;
 	}
+	if (freeent != NULL && mine >= PGBQ_RATE_TOPICS_PER_ROLE &&
+		nfree <= PGBQ_RATE_TOPICS_RESERVE)
+		freeent = NULL;			/* beyond its share: the rest is for others */
 	if (freeent == NULL)
 	{
 		/* Recycle an entry that no longer constrains anything. */
@@ -136,6 +200,7 @@ pgbq_rate_lookup(const char *topic, TimestampTz now, double delay)
 	}
 	memset(freeent, 0, sizeof(PgbqRateTopic));
 	freeent->in_use = true;
+	freeent->roleoid = roleoid;
 	freeent->isnull = (topic == NULL);
 	if (topic)
 		strlcpy(freeent->topic, topic, NAMEDATALEN);
@@ -189,7 +254,7 @@ pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
 	{
 		int64		delay_us = (int64) (policy->delay_in_sec * USECS_PER_SEC);
 
-		rate = pgbq_rate_lookup(topic, now, policy->delay_in_sec);
+		rate = pgbq_rate_lookup(topic, now, policy->delay_in_sec, me->roleoid);
 		if (rate == NULL)
 		{
 			*retry_at = now + delay_us;
@@ -369,7 +434,7 @@ pgbq_announce_work(Oid dboid, Oid roleoid, int ready,
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->kind != PGBQ_KIND_TASK || s->dboid != dboid ||
-			s->roleoid != roleoid || s->exit_requested)
+			s->roleoid != roleoid || s->exit_reasons != 0)
 			continue;
 		if (s->state != PGBQ_SLOT_IDLE && s->state != PGBQ_SLOT_STARTING)
 			continue;
@@ -536,7 +601,7 @@ pgbq_request_database_exit(Oid dboid, bool forget)
 
 		if (s->state != PGBQ_SLOT_FREE && s->dboid == dboid)
 		{
-			s->exit_requested = true;
+			s->exit_reasons |= PGBQ_EXIT_DROPPED;
 			s->wake_at = 0;
 			if (s->pid > 0)
 				kill(s->pid, SIGTERM);

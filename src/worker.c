@@ -3,7 +3,10 @@
  * worker.c
  *	  Task workers: long-lived dynamic background workers, each connected
  *	  to one database as one role, that claim, run and finish that role's
- *	  tasks.
+ *	  tasks.  This file has the loop, the run of one task, attaching to and
+ *	  leaving the slot; worker_signals.c the signal handlers, the task's
+ *	  time limit and the watchdog; worker_bookkeeping.c every write about a
+ *	  task (claim, finish, failure, give-back) and the demand it settles.
  *
  * One task costs two commits:
  *	1. the claim: the attempt is counted and the row marked running.  For
@@ -34,9 +37,26 @@
  * and finish and give-back only touch the row while it is running in this
  * process.
  *
- * Between tasks the worker resets its session (GUCs, role, prepared
- * statements, cursors, advisory locks, temp tables), so nothing a task
- * does carries into the next one.
+ * After each task the worker resets its session (GUCs, role, prepared
+ * statements, cursors, advisory locks, LISTEN, temp tables) in a
+ * transaction of its own, which commits before anything else runs: a reset
+ * inside the next task's transaction would be undone if that task failed,
+ * and would come too late for the transaction characteristics, which
+ * StartTransaction copies from default_transaction_* before anything runs.
+ * Bookkeeping (claim, finish, recording a failure, give-back) runs in a
+ * fixed baseline whatever the task or its role's defaults left behind:
+ * READ COMMITTED, READ WRITE, and the settings pinned by
+ * pgbq_pin_bookkeeping_settings.  The claim fused into a task's commit is
+ * skipped when the task ran at REPEATABLE READ or SERIALIZABLE (its
+ * snapshot is not one to claim with); the worker claims in a transaction
+ * of its own instead.
+ *
+ * Shutdown: while a task runs, SIGTERM interrupts it (see above); during
+ * bookkeeping it interrupts a wait for a heavyweight lock (the bookkeeping
+ * tick looks for one), so a worker never outlives a shutdown behind
+ * someone else's lock.  An error while recording a task's end is logged
+ * and the recording retried after PGBQ_BOOKKEEPING_RETRY_MS; it never
+ * turns into a dead worker and an "interrupted" attempt.
  *
  *-------------------------------------------------------------------------
  */
@@ -66,217 +86,24 @@
 
 #include "compat.h"
 #include "pgbq.h"
+#include "worker_int.h"
 
-/* A claimed task, copied out of the claim transaction. */
-typedef struct PgbqTask
-{
-	int64		id;
-	char	   *sql;
-	char	   *topic;			/* NULL: default topic */
-	char		prev_state[16];
-	Oid			table_oid;		/* the task table it was claimed from */
-} PgbqTask;
+/*
+ * A worker that could not connect (role dropped, no LOGIN) keeps the
+ * launcher from starting another one for its role this long.
+ */
+#define PGBQ_CONNECT_FAILURE_BACKOFF_S	10
 
-static int	pgbq_slotno = -1;
+int			pgbq_slotno = -1;
+bool		pgbq_extension_dropped = false;
+bool		pgbq_must_exit = false;
+char		pgbq_dbname[NAMEDATALEN];
+MemoryContext pgbq_worker_ctx = NULL;
+PgbqTask   *pgbq_current_task = NULL;
+
 static bool pgbq_connected = false;
-static bool pgbq_first_claim = true;
-static bool pgbq_extension_dropped = false;	/* while we held a task */
-static char pgbq_dbname[NAMEDATALEN];
-static MemoryContext pgbq_worker_ctx = NULL;
 static MemoryContext pgbq_task_ctx = NULL;
-static PgbqCatalog pgbq_cat;
-
-static SPIPlanPtr pgbq_claim_plan = NULL;
-static SPIPlanPtr pgbq_mark_running_plan = NULL;
-static SPIPlanPtr pgbq_finish_plan = NULL;
-static SPIPlanPtr pgbq_next_eligible_plan = NULL;
-
-static volatile sig_atomic_t pgbq_got_sigterm = false;
-static volatile sig_atomic_t pgbq_self_terminated = false;
-static volatile sig_atomic_t pgbq_in_task = false;
-static volatile sig_atomic_t pgbq_timed_out = false;
-static TimeoutId pgbq_timeout_id;
-
-/*
- * The interrupt watchdog: while a task runs it ticks every
- * PGBQ_WATCHDOG_TICK_MS; once the task was interrupted (cancel, timeout,
- * SIGTERM), enough ticks without the task ending escalate to terminating
- * the worker.
- */
-#define PGBQ_WATCHDOG_TICK_MS		250
-#define PGBQ_INTERRUPT_GRACE_MS		500
-static TimeoutId pgbq_watchdog_id;
-static volatile sig_atomic_t pgbq_interrupted = false;
-static volatile sig_atomic_t pgbq_interrupted_ticks = 0;
-static volatile sig_atomic_t pgbq_escalated = false;
-
-/* The task being run, and its topic's policy, for the exit callback. */
-static PgbqTask *pgbq_current_task = NULL;
-static volatile int64 pgbq_current_task_id = 0;
-static PgbqTopicPolicy pgbq_current_policy;
-
-/*
- * pgbq_on_sigterm
- *		SIGTERM: stop after giving back the current task.  While a task runs,
- *		interrupt it with a query cancel so the worker regains control.  A
- *		task that terminates its own worker (pg_terminate_backend of its
- *		own pid, e.g. while terminating every session of its role) is not a
- *		shutdown: giving it back would run it again forever, so its attempt
- *		fails instead and the worker stays.
- */
-static void
-pgbq_on_sigterm(bool from_self)
-{
-	if (pgbq_in_task)
-	{
-		if (from_self)
-			pgbq_self_terminated = true;
-		else
-			pgbq_got_sigterm = true;
-		pgbq_interrupted = true;
-		InterruptPending = true;
-		QueryCancelPending = true;
-	}
-	else if (!from_self)
-		pgbq_got_sigterm = true;
-	SetLatch(MyLatch);
-}
-
-#ifdef SA_SIGINFO
-/*
- * pgbq_worker_sigterm
- *		The SIGTERM handler, told who sent the signal.
- */
-static void
-pgbq_worker_sigterm(int signo, siginfo_t *info, void *context)
-{
-	int			save_errno = errno;
-
-	(void) signo;
-	(void) context;
-	pgbq_on_sigterm(info != NULL && info->si_code == SI_USER &&
-					info->si_pid == MyProcPid);
-	errno = save_errno;
-}
-
-/*
- * pgbq_install_sigterm
- *		Install pgbq_worker_sigterm with the sender's identity.
- */
-static void
-pgbq_install_sigterm(void)
-{
-	struct sigaction act;
-
-	memset(&act, 0, sizeof(act));
-	act.sa_sigaction = pgbq_worker_sigterm;
-	sigemptyset(&act.sa_mask);
-	act.sa_flags = SA_SIGINFO | SA_RESTART;
-	if (sigaction(SIGTERM, &act, NULL) != 0)
-		elog(FATAL, "could not install the SIGTERM handler: %m");
-}
-#else
-/*
- * pgbq_worker_sigterm
- *		The SIGTERM handler where the sender is not known.
- */
-static void
-pgbq_worker_sigterm(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	pgbq_on_sigterm(false);
-	errno = save_errno;
-}
-
-/*
- * pgbq_install_sigterm
- *		Install pgbq_worker_sigterm.
- */
-static void
-pgbq_install_sigterm(void)
-{
-	pqsignal(SIGTERM, pgbq_worker_sigterm);
-}
-#endif
-
-/*
- * pgbq_cancel_requested
- *		Has pg_background_cancel() asked our slot to cancel this task?  Read
- *		without the lock (also from a signal handler): the canceller sets
- *		the flag under the lock before it sends SIGINT.
- */
-static bool
-pgbq_cancel_requested(int64 task_id)
-{
-	volatile PgbqSlot *me = &pgbq_shared->slots[pgbq_slotno];
-
-	return me->cancel_requested && me->task_id == task_id;
-}
-
-/*
- * pgbq_worker_sigint
- *		SIGINT: a query cancel while a task runs (pg_background_cancel,
- *		pg_cancel_backend, or the task's own statement_timeout or
- *		lock_timeout); ignored between tasks, where a cancel request for the
- *		next task is found in the slot when the task starts.  Only a cancel
- *		by pg_background_cancel() starts the watchdog's count: a task may
- *		catch its own timeouts and go on.
- */
-static void
-pgbq_worker_sigint(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	if (pgbq_in_task && !proc_exit_inprogress)
-	{
-		if (pgbq_cancel_requested(pgbq_current_task_id))
-			pgbq_interrupted = true;
-		InterruptPending = true;
-		QueryCancelPending = true;
-	}
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
-/*
- * pgbq_task_timeout_handler
- *		The task's time limit passed: interrupt it.
- */
-static void
-pgbq_task_timeout_handler(void)
-{
-	if (!pgbq_in_task)
-		return;
-	pgbq_timed_out = true;
-	pgbq_interrupted = true;
-	InterruptPending = true;
-	QueryCancelPending = true;
-	SetLatch(MyLatch);
-}
-
-/*
- * pgbq_watchdog_handler
- *		A tick while a task runs: if the task was interrupted and is still
- *		running after the grace period, it caught the query cancel; make the
- *		worker exit (see pgbq_worker_before_exit).
- */
-static void
-pgbq_watchdog_handler(void)
-{
-	if (!pgbq_in_task)
-		return;
-	if (!pgbq_interrupted || pgbq_escalated)
-		return;
-	pgbq_interrupted_ticks++;
-	if (pgbq_interrupted_ticks * PGBQ_WATCHDOG_TICK_MS > PGBQ_INTERRUPT_GRACE_MS)
-	{
-		pgbq_escalated = true;
-		InterruptPending = true;
-		ProcDiePending = true;
-		SetLatch(MyLatch);
-	}
-}
+static PgbqTopicPolicy pgbq_current_policy;	/* of pgbq_current_task */
 
 /*
  * pgbq_worker_detach
@@ -307,14 +134,15 @@ pgbq_worker_detach(int code, Datum arg)
 			PgbqDemand *d = pgbq_demand_lookup(s->dboid, s->roleoid, false);
 
 			if (d)
-				d->retry_after = GetCurrentTimestamp() + 10 * USECS_PER_SEC;
+				d->retry_after = GetCurrentTimestamp() +
+					PGBQ_CONNECT_FAILURE_BACKOFF_S * USECS_PER_SEC;
 			need_maintenance = true;
 		}
 		s->state = PGBQ_SLOT_FREE;
 		s->pid = 0;
 		s->latch = NULL;
 		s->task_id = 0;
-		s->exit_requested = false;
+		s->exit_reasons = 0;
 		s->waiting_capacity = false;
 		s->cancel_requested = false;
 	}
@@ -356,503 +184,6 @@ pgbq_attach_slot(int slotno, uint32 generation)
 }
 
 /*
- * pgbq_prepare
- *		Prepare and keep one bookkeeping statement.
- */
-static SPIPlanPtr
-pgbq_prepare(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "could not keep plan");
-	return plan;
-}
-
-/*
- * pgbq_worker_plans
- *		Make sure the catalog lookup and prepared statements match the
- *		installed extension, and lock its task table; returns false if it is
- *		gone.  Runs inside a transaction and an SPI connection.  Plans are
- *		prepared as the table owner, the user they always run as, so they
- *		are never replanned for a change of user.
- */
-static bool
-pgbq_worker_plans(void)
-{
-	PgbqCatalog cat;
-	MemoryContext old;
-	Oid			claim_types[3] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID};
-	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
-	Oid			finish_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
-	Oid			next_types[1] = {OIDOID};
-	const char *t;
-	Oid			save_userid;
-	int			save_sec;
-	int			nest;
-
-	/*
-	 * Lock the table by OID before using it by name, then check that it
-	 * still exists: a DROP EXTENSION that commits while we wait for the lock
-	 * must not send us to another table of the same name.
-	 */
-	if (OidIsValid(pgbq_cat.table_oid))
-	{
-		LockRelationOid(pgbq_cat.table_oid, RowShareLock);
-		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)))
-			return true;
-	}
-
-	for (;;)
-	{
-		bool		found;
-
-		old = MemoryContextSwitchTo(pgbq_worker_ctx);
-		found = pgbq_catalog_lookup(&cat, true);
-		MemoryContextSwitchTo(old);
-		if (!found)
-			return false;
-		LockRelationOid(cat.table_oid, RowShareLock);
-		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(cat.table_oid)))
-			break;
-	}
-	pgbq_cat = cat;
-
-	if (pgbq_claim_plan)
-	{
-		SPI_freeplan(pgbq_claim_plan);
-		SPI_freeplan(pgbq_mark_running_plan);
-		SPI_freeplan(pgbq_finish_plan);
-		SPI_freeplan(pgbq_next_eligible_plan);
-	}
-	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
-	t = pgbq_cat.qualified_table;
-	pgbq_claim_plan = pgbq_prepare(psprintf("SELECT id, topic, state::text FROM %s "
-											"WHERE owner = $1 AND state IN ('pending', 'retrying') "
-											"AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
-											"ORDER BY priority, next_run_at, id "
-											"LIMIT 1 FOR UPDATE SKIP LOCKED", t),
-								   3, claim_types);
-	pgbq_mark_running_plan = pgbq_prepare(psprintf("UPDATE %s SET state = 'running', "
-												   "attempts = attempts + 1, started_at = $2, "
-												   "closed_at = NULL, worker_pid = $3 "
-												   "WHERE id = $1 RETURNING sql_statement", t),
-										  3, mark_types);
-	pgbq_finish_plan = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-											 "worker_pid = NULL "
-											 "WHERE id = $1 AND state = 'running' "
-											 "AND worker_pid = $3", t),
-									3, finish_types);
-	pgbq_next_eligible_plan = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
-													"WHERE owner = $1 "
-													"AND state IN ('pending', 'retrying')", t),
-										   1, next_types);
-	pgbq_end_privileged(nest, save_userid, save_sec);
-	return true;
-}
-
-/*
- * pgbq_task_table_alive
- *		Inside a transaction and an SPI connection: is the table the task was
- *		claimed from still the extension's task table?  After DROP EXTENSION
- *		it is not, even once the extension has been created again (the
- *		task's id means nothing in the new table); then remember that the
- *		worker must leave.
- */
-static bool
-pgbq_task_table_alive(PgbqTask *task)
-{
-	AcceptInvalidationMessages();
-	if (pgbq_worker_plans() && pgbq_cat.table_oid == task->table_oid)
-		return true;
-	pgbq_extension_dropped = true;
-	return false;
-}
-
-/*
- * pgbq_log_abandoned
- *		Say in the log that a task was abandoned because the extension was
- *		dropped while this worker held it.
- */
-static void
-pgbq_log_abandoned(PgbqTask *task, bool started)
-{
-	ereport(LOG,
-			(errmsg("pg_background_queue: extension was dropped in database \"%s\" while task " INT64_FORMAT " was %s; worker exiting",
-					pgbq_dbname, task->id, started ? "running" : "claimed"),
-			 started ? errdetail("The task's effects were rolled back.") : 0));
-}
-
-/*
- * pgbq_text_array
- *		Build a text[] of the topics skipped so far ('' is the NULL topic).
- */
-static Datum
-pgbq_text_array(List *topics)
-{
-	Datum	   *elems;
-	ListCell   *lc;
-	int			n = 0;
-
-	elems = palloc(sizeof(Datum) * (list_length(topics) + 1));
-	foreach(lc, topics)
-		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
-										   TYPALIGN_INT));
-}
-
-/*
- * pgbq_claim
- *		Claim the next eligible task of our role, in the current transaction
- *		(caller is inside SPI and a privileged section).  Returns NULL if
- *		none can start now; *wait_until is then the earliest time one might
- *		(0 if unknown), *blocked whether a limit held a task back.
- */
-static PgbqTask *
-pgbq_claim(TimestampTz *wait_until, bool *blocked)
-{
-	List	   *skipped = NIL;
-	int			round;
-
-	*wait_until = 0;
-	*blocked = false;
-	for (round = 0; round < 32; round++)
-	{
-		Datum		args[3];
-		bool		isnull;
-		int64		id;
-		char	   *topic = NULL;
-		char	   *prev_state;
-		PgbqTopicPolicy policy;
-		PgbqStartResult res;
-		TimestampTz now = GetCurrentTimestamp();
-		TimestampTz retry_at;
-		int			rc;
-
-		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
-		args[1] = TimestampTzGetDatum(now);
-		args[2] = pgbq_text_array(skipped);
-		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
-		if (SPI_processed == 0)
-			break;
-		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 1, &isnull));
-		topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		prev_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-
-		pgbq_topic_policy(topic, &policy);
-		res = pgbq_slot_try_start(pgbq_slotno, id, topic, &policy, now, &retry_at);
-		if (res == PGBQ_START_OK)
-		{
-			PgbqTask   *task;
-			Datum		margs[3];
-			MemoryContext old;
-
-			margs[0] = Int64GetDatum(id);
-			margs[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-			margs[2] = Int32GetDatum(MyProcPid);
-			rc = SPI_execute_plan(pgbq_mark_running_plan, margs, NULL, false, 1);
-			if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
-				elog(ERROR, "could not mark task " INT64_FORMAT " running", id);
-			old = MemoryContextSwitchTo(pgbq_worker_ctx);
-			task = palloc0(sizeof(PgbqTask));
-			task->id = id;
-			task->sql = SPI_getvalue(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1);
-			task->topic = topic ? pstrdup(topic) : NULL;
-			strlcpy(task->prev_state, prev_state, sizeof(task->prev_state));
-			task->table_oid = pgbq_cat.table_oid;
-			MemoryContextSwitchTo(old);
-			return task;
-		}
-		*blocked = true;
-		if (res == PGBQ_START_RATE_LIMITED &&
-			(*wait_until == 0 || retry_at < *wait_until))
-			*wait_until = retry_at;
-		skipped = lappend(skipped, topic ? topic : "");
-	}
-
-	/* Nothing can start now: when could something become eligible? */
-	{
-		Datum		args[1];
-		bool		isnull;
-		Datum		d;
-		int			rc;
-
-		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
-		rc = SPI_execute_plan(pgbq_next_eligible_plan, args, NULL, true, 1);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "could not compute next eligible time");
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-						  &isnull);
-		if (!isnull)
-		{
-			TimestampTz next = DatumGetTimestampTz(d);
-
-			if (next > GetCurrentTimestamp() &&
-				(*wait_until == 0 || next < *wait_until))
-				*wait_until = next;
-		}
-	}
-	return NULL;
-}
-
-/*
- * pgbq_bookkeeping_claim
- *		Claim in the current transaction with SPI and privileges set up.
- *		Returns false (and no task) if the extension is gone.
- */
-static bool
-pgbq_bookkeeping_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
-{
-	Oid			save_userid;
-	int			save_sec;
-	int			nest;
-
-	*task = NULL;
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (!pgbq_worker_plans())
-	{
-		SPI_finish();
-		PopActiveSnapshot();
-		return false;
-	}
-	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
-	*task = pgbq_claim(wait_until, blocked);
-	pgbq_end_privileged(nest, save_userid, save_sec);
-	SPI_finish();
-	PopActiveSnapshot();
-	return true;
-}
-
-/*
- * pgbq_standalone_claim
- *		Claim in a transaction of its own.
- */
-static bool
-pgbq_standalone_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
-{
-	bool		ok;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (!pgbq_first_claim)
-		(void) set_config_option("synchronous_commit", "off",
-								 PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-	ok = pgbq_bookkeeping_claim(task, wait_until, blocked);
-	CommitTransactionCommand();
-	if (*task)
-		pgbq_first_claim = false;
-	return ok;
-}
-
-/*
- * pgbq_release_slot_task
- *		Our slot no longer runs the task.
- */
-static void
-pgbq_release_slot_task(void)
-{
-	pgbq_slot_finish_task(pgbq_slotno);
-}
-
-/*
- * pgbq_guarded_claim
- *		pgbq_standalone_claim, surviving errors (a stray cancel signal, a
- *		serialization hiccup): the error is logged, the transaction and slot
- *		are cleaned up, and the worker backs off for a second.
- */
-static bool
-pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
-{
-	volatile bool ok = true;
-	MemoryContext ctx = CurrentMemoryContext;
-
-	PG_TRY();
-	{
-		ok = pgbq_standalone_claim(task, wait_until, blocked);
-	}
-	PG_CATCH();
-	{
-		pgbq_recover_from_error(ctx);
-		QueryCancelPending = false;
-		pgbq_release_slot_task();
-		*task = NULL;
-		*blocked = false;
-		*wait_until = GetCurrentTimestamp() + USECS_PER_SEC;
-		ok = true;
-	}
-	PG_END_TRY();
-	return ok;
-}
-
-/*
- * pgbq_give_back
- *		Return a claimed task to its previous state without burning the
- *		attempt (shutdown), in the current transaction.
- */
-static void
-pgbq_give_back(PgbqTask *task)
-{
-	Oid			save_userid;
-	int			save_sec;
-	int			nest;
-	Oid			types[2] = {INT8OID, TEXTOID};
-	Datum		args[2];
-	char	   *sql;
-
-	PushActiveSnapshot(GetTransactionSnapshot());
-	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	sql = psprintf("UPDATE %s SET state = CAST($2 AS %s.pg_background_queue_task_state), "
-				   "attempts = GREATEST(attempts - 1, 0), worker_pid = NULL "
-				   "WHERE id = $1 AND state = 'running' AND worker_pid = %d",
-				   pgbq_cat.qualified_table, pgbq_cat.qualified_schema,
-				   (int) MyProcPid);
-	args[0] = Int64GetDatum(task->id);
-	args[1] = CStringGetTextDatum(task->prev_state);
-	if (SPI_execute_with_args(sql, 2, types, args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not give back task " INT64_FORMAT, task->id);
-	SPI_finish();
-	pgbq_end_privileged(nest, save_userid, save_sec);
-	PopActiveSnapshot();
-}
-
-/*
- * pgbq_reannounce
- *		After giving a task back, announce it again so that another worker
- *		(or a new one) takes it: this worker is about to exit.
- */
-static void
-pgbq_reannounce(void)
-{
-	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
-
-	/* leaving: not the idle worker that will take it */
-	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-	me->exit_requested = true;
-	LWLockRelease(pgbq_shared->lock);
-	pgbq_announce_work(me->dboid, me->roleoid, 1, 0);
-}
-
-/*
- * pgbq_hand_over_wakeup
- *		Leaving while delayed work of our (database, role) is due later: let
- *		the launcher start a worker for it when it is due.
- */
-static void
-pgbq_hand_over_wakeup(void)
-{
-	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
-	TimestampTz wake_at;
-
-	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
-	wake_at = me->wake_at;
-	LWLockRelease(pgbq_shared->lock);
-	if (wake_at != 0)
-		pgbq_announce_work(me->dboid, me->roleoid, 0, wake_at);
-}
-
-/*
- * pgbq_begin_bookkeeping
- *		Start a transaction to record what became of a claimed task; returns
- *		whether its task table still exists (DROP EXTENSION may have taken
- *		it, and the row with it).
- */
-static bool
-pgbq_begin_bookkeeping(PgbqTask *task)
-{
-	bool		alive;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	alive = pgbq_task_table_alive(task);
-	SPI_finish();
-	PopActiveSnapshot();
-	return alive;
-}
-
-/*
- * pgbq_give_back_standalone
- *		Give a claimed but not started task back, in its own transaction.
- */
-static void
-pgbq_give_back_standalone(PgbqTask *task)
-{
-	bool		alive;
-
-	alive = pgbq_begin_bookkeeping(task);
-	if (alive)
-		pgbq_give_back(task);
-	else
-		pgbq_log_abandoned(task, false);
-	pgbq_release_slot_task();
-	CommitTransactionCommand();
-	if (alive)
-		pgbq_reannounce();
-}
-
-/*
- * pgbq_finish_and_claim_next
- *		In the task's transaction: mark it finished, release the slot and
- *		claim the next task (returned, or NULL).
- */
-static PgbqTask *
-pgbq_finish_and_claim_next(PgbqTask *task)
-{
-	Oid			save_userid;
-	int			save_sec;
-	int			nest;
-	Datum		args[3];
-	int			rc;
-	PgbqTask   *next = NULL;
-	TimestampTz wait_until;
-	bool		blocked;
-
-	/* A task may have made its transaction read-only; bookkeeping is not. */
-	XactReadOnly = false;
-
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (!pgbq_task_table_alive(task))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"%s\" was dropped while task " INT64_FORMAT " ran",
-						PGBQ_EXTENSION_NAME, task->id)));
-	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
-	args[0] = Int64GetDatum(task->id);
-	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	args[2] = Int32GetDatum(MyProcPid);
-	rc = SPI_execute_plan(pgbq_finish_plan, args, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
-						task->id)));
-	pgbq_notify_terminal(task->id, "finished");
-	pgbq_release_slot_task();
-	if (!pgbq_got_sigterm)
-		next = pgbq_claim(&wait_until, &blocked);
-	pgbq_end_privileged(nest, save_userid, save_sec);
-	SPI_finish();
-	PopActiveSnapshot();
-	return next;
-}
-
-/*
  * pgbq_classify_interrupt
  *		Why was the running task interrupted?  Sets *cancelled (by
  *		pg_background_cancel) or *shutdown (SIGTERM: give it back), and
@@ -881,70 +212,35 @@ pgbq_classify_interrupt(PgbqTask *task, const PgbqTopicPolicy *policy,
 }
 
 /*
- * pgbq_record_end
- *		After the task's transaction was rolled back: in a new transaction,
- *		give the task back (shutdown), or record the failed or cancelled
- *		attempt and, with claim_next, claim the next task (returned).
- */
-static PgbqTask *
-pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
-				const char *sqlstate, const char *message, const char *detail,
-				bool claim_next)
-{
-	PgbqTask   *next = NULL;
-	bool		alive;
-
-	alive = pgbq_begin_bookkeeping(task);
-	if (!alive)
-	{
-		/* DROP EXTENSION: the row is gone, nothing to record */
-		pgbq_log_abandoned(task, true);
-		pgbq_release_slot_task();
-		shutdown = false;
-	}
-	else if (shutdown)
-	{
-		pgbq_give_back(task);
-		pgbq_release_slot_task();
-	}
-	else
-	{
-		TimestampTz wait_until;
-		bool		blocked;
-
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
-									cancelled, sqlstate, message, detail);
-		PopActiveSnapshot();
-		pgbq_release_slot_task();
-		if (claim_next && !pgbq_got_sigterm)
-			(void) pgbq_bookkeeping_claim(&next, &wait_until, &blocked);
-	}
-	CommitTransactionCommand();
-	pgbq_current_task = NULL;
-	if (shutdown)
-		pgbq_reannounce();
-	return next;
-}
-
-/*
- * pgbq_stop_task_timers
- *		The task is over (or being given up): no more timeout, watchdog or
- *		statement_timeout.
+ * pgbq_reset_between_tasks
+ *		Undo what the task did to the session, in a transaction of its own
+ *		that commits before anything else runs (see the file header).  A
+ *		worker whose session cannot be reset runs no further task.
  */
 static void
-pgbq_stop_task_timers(void)
+pgbq_reset_between_tasks(void)
 {
-	DisableTimeoutParams timers[3];
+	MemoryContext ctx = CurrentMemoryContext;
 
-	pgbq_in_task = false;
-	timers[0].id = pgbq_timeout_id;
-	timers[0].keep_indicator = false;
-	timers[1].id = pgbq_watchdog_id;
-	timers[1].keep_indicator = false;
-	timers[2].id = STATEMENT_TIMEOUT;	/* if a statement failed */
-	timers[2].keep_indicator = false;
-	disable_timeouts(timers, 3);
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		/* dropping the task's temp tables writes */
+		XactReadOnly = false;
+		pgbq_reset_session();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		pgbq_recover_from_error(ctx);
+		ereport(LOG,
+				(errmsg("pg_background_queue: worker could not reset its session after a task in database \"%s\"; worker exiting",
+						pgbq_dbname)));
+		pgbq_must_exit = true;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(ctx);
 }
 
 /*
@@ -1021,7 +317,6 @@ pgbq_run_task(PgbqTask *task)
 	MemoryContextSwitchTo(pgbq_task_ctx);
 	PG_TRY();
 	{
-		pgbq_reset_session();
 		pgstat_report_activity(STATE_RUNNING, task->sql);
 		if (pgbq_current_policy.timeout_in_sec > 0)
 			enable_timeout_after(pgbq_timeout_id,
@@ -1040,15 +335,12 @@ pgbq_run_task(PgbqTask *task)
 			QueryCancelPending = true;
 		}
 		pgbq_execute_sql(task->sql);
-		HOLD_CANCEL_INTERRUPTS();
-		pgbq_stop_task_timers();
+		pgbq_task_to_bookkeeping();
 
 		next = pgbq_finish_and_claim_next(task);
 		CommitTransactionCommand();
+		pgbq_stop_task_timers();
 		pgbq_current_task = NULL;
-		/* a cancel that came too late for the task is void */
-		QueryCancelPending = false;
-		RESUME_CANCEL_INTERRUPTS();
 	}
 	PG_CATCH();
 	{
@@ -1059,8 +351,6 @@ pgbq_run_task(PgbqTask *task)
 		char		sqlstate[6];
 
 		pgbq_stop_task_timers();
-		/* the error may have come from the bookkeeping after the task */
-		QueryCancelHoldoffCount = 0;
 
 		/*
 		 * The error's copy lives in the task context, reset before the next
@@ -1085,79 +375,17 @@ pgbq_run_task(PgbqTask *task)
 		}
 		elog(DEBUG1, "pg_background_queue: task " INT64_FORMAT " failed: %s",
 			 task->id, edata->message);
-		next = pgbq_record_end(task, cancelled, shutdown, sqlstate, message,
-							   edata->detail, true);
+		next = pgbq_record_end_guarded(task, cancelled, shutdown, sqlstate,
+									   message, edata->detail);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
 	pgbq_flush_notifications();
+	pgbq_reset_between_tasks();
 
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(pgbq_worker_ctx);
 	return next;
-}
-
-/*
- * pgbq_settle_demand
- *		No task could be claimed: forget the launcher's outstanding demand
- *		for our (database, role), unless new work was announced since seq
- *		was read.  Returns false in that case (try again at once).
- */
-static bool
-pgbq_settle_demand(uint64 seq, TimestampTz next_eligible, bool exiting)
-{
-	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
-	PgbqDemand *d;
-	bool		settled = true;
-	bool		unmet;
-
-	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-	d = pgbq_demand_lookup(me->dboid, me->roleoid, exiting && next_eligible != 0);
-	if (d)
-	{
-		if (d->seq != seq)
-			settled = false;
-		else
-		{
-			d->want = 0;
-			if (exiting && next_eligible != 0 &&
-				(d->wake_at == 0 || next_eligible < d->wake_at))
-				d->wake_at = next_eligible;
-		}
-	}
-	if (settled && exiting)
-		me->exit_requested = true;	/* no more wake-ups for us */
-	unmet = pgbq_shared->unmet_demand;
-	LWLockRelease(pgbq_shared->lock);
-
-	/*
-	 * An idle worker can now be evicted to make room for another role's
-	 * work that is waiting for a slot (see pgbq_make_room).
-	 */
-	if (settled && unmet)
-		pgbq_wake_launcher();
-	return settled;
-}
-
-/*
- * pgbq_demand_seq
- *		About to look for work: no longer spoken for (see pgbq_announce_work),
- *		and the current announcement sequence number of our (database, role).
- */
-static uint64
-pgbq_demand_seq(void)
-{
-	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
-	PgbqDemand *d;
-	uint64		seq = 0;
-
-	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-	me->woken = false;
-	d = pgbq_demand_lookup(me->dboid, me->roleoid, false);
-	if (d)
-		seq = d->seq;
-	LWLockRelease(pgbq_shared->lock);
-	return seq;
 }
 
 /*
@@ -1178,7 +406,7 @@ pgbq_task_loop(void)
 		TimestampTz now;
 		TimestampTz deadline;
 		bool		blocked = false;
-		bool		exit_requested;
+		uint8		exit_reasons;
 		uint64		seq;
 		long		timeout_ms;
 
@@ -1189,16 +417,19 @@ pgbq_task_loop(void)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		LWLockAcquire(pgbq_shared->lock, LW_SHARED);
-		exit_requested = me->exit_requested || pgbq_drop_in_progress(me->dboid);
+		exit_reasons = me->exit_reasons;
+		if (pgbq_drop_in_progress(me->dboid))
+			exit_reasons |= PGBQ_EXIT_DROPPED;
 		LWLockRelease(pgbq_shared->lock);
 
 		if (pgbq_extension_dropped)
 			break;
-		if (pgbq_got_sigterm || exit_requested)
+		if (pgbq_got_sigterm || exit_reasons != 0 || pgbq_must_exit)
 		{
 			if (next)
-				pgbq_give_back_standalone(next);
-			if (!pgbq_extension_dropped)
+				pgbq_give_back_guarded(next);
+			/* dropped: nothing of this database is to be woken any more */
+			if (!pgbq_extension_dropped && !(exit_reasons & PGBQ_EXIT_DROPPED))
 				pgbq_hand_over_wakeup();
 			break;
 		}
@@ -1275,6 +506,20 @@ pgbq_worker_main(Datum main_arg)
 	dboid = me->dboid;
 	roleoid = me->roleoid;
 	kind = me->kind;
+
+	/*
+	 * A maintenance worker holds no task to give back: the standard
+	 * handlers, so SIGTERM (fast shutdown, pg_terminate_backend, DROP
+	 * DATABASE) ends it at once, in the middle of a retention pass or a
+	 * lock wait, and a query cancel cancels its current step.
+	 */
+	if (kind == PGBQ_KIND_MAINTENANCE)
+	{
+		pqsignal(SIGTERM, die);
+		pqsignal(SIGINT, StatementCancelHandler);
+		if (pgbq_got_sigterm)
+			proc_exit(0);
+	}
 
 	BackgroundWorkerInitializeConnectionByOid(dboid,
 											  kind == PGBQ_KIND_TASK ? roleoid : InvalidOid,

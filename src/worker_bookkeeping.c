@@ -1,0 +1,832 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker_bookkeeping.c
+ *	  A task worker's writes about its tasks: the claim (alone or fused into
+ *	  the previous task's commit), the finished mark, recording a failed or
+ *	  cancelled attempt, giving a task back, and the demand it settles.  All
+ *	  of it runs in the fixed baseline of pgbq_start_bookkeeping_xact /
+ *	  pgbq_pin_bookkeeping_settings, as the task table's owner.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "commands/dbcommands.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "pgbq.h"
+#include "worker_int.h"
+
+/* Pause between attempts to record a task's end after an error. */
+#define PGBQ_BOOKKEEPING_RETRY_MS	1000
+
+/* Pause after a claim failed with an error (logged) before the next try. */
+#define PGBQ_CLAIM_ERROR_BACKOFF_MS	1000
+
+/*
+ * A claim skips at most this many tasks held back by a topic limit before
+ * it gives up for now (each skipped topic is excluded from the next round).
+ */
+#define PGBQ_CLAIM_ROUNDS			32
+
+static bool pgbq_first_claim = true;
+static PgbqCatalog pgbq_cat;
+
+static SPIPlanPtr pgbq_claim_plan = NULL;
+static SPIPlanPtr pgbq_mark_running_plan = NULL;
+static SPIPlanPtr pgbq_finish_plan = NULL;
+static SPIPlanPtr pgbq_next_eligible_plan = NULL;
+
+/*
+ * pgbq_prepare
+ *		Prepare and keep one bookkeeping statement.
+ */
+static SPIPlanPtr
+pgbq_prepare(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep plan");
+	return plan;
+}
+
+/*
+ * pgbq_worker_plans
+ *		Make sure the catalog lookup and prepared statements match the
+ *		installed extension, and lock its task table; returns false if it is
+ *		gone.  Runs inside a transaction and an SPI connection.  Plans are
+ *		prepared as the table owner, the user they always run as, so they
+ *		are never replanned for a change of user.
+ */
+static bool
+pgbq_worker_plans(void)
+{
+	PgbqCatalog cat;
+	MemoryContext old;
+	Oid			claim_types[3] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID};
+	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
+	Oid			finish_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
+	Oid			next_types[1] = {OIDOID};
+	SPIPlanPtr	claim;
+	SPIPlanPtr volatile mark = NULL;
+	SPIPlanPtr volatile finish = NULL;
+	SPIPlanPtr volatile next = NULL;
+	const char *t;
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+
+	/*
+	 * Lock the table by OID before using it by name, then check that it
+	 * still exists: a DROP EXTENSION that commits while we wait for the lock
+	 * must not send us to another table of the same name.
+	 */
+	if (OidIsValid(pgbq_cat.table_oid))
+	{
+		LockRelationOid(pgbq_cat.table_oid, RowShareLock);
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)))
+			return true;
+	}
+
+	for (;;)
+	{
+		bool		found;
+
+		old = MemoryContextSwitchTo(pgbq_worker_ctx);
+		found = pgbq_catalog_lookup(&cat, true);
+		MemoryContextSwitchTo(old);
+		if (!found)
+			return false;
+		LockRelationOid(cat.table_oid, RowShareLock);
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(cat.table_oid)))
+			break;
+	}
+	/*
+	 * Prepare the new plans before freeing the old ones, and switch over
+	 * only once all of them exist: an error in between (say, a changed
+	 * table) leaves the old catalog and plans in place, never a freed or
+	 * missing plan that the next claim would execute.
+	 */
+	nest = pgbq_begin_privileged(cat.owner, &save_userid, &save_sec);
+	t = cat.qualified_table;
+	claim = pgbq_prepare(psprintf("SELECT id, topic, state::text FROM %s "
+								  "WHERE owner = $1 AND state IN ('pending', 'retrying') "
+								  "AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
+								  "ORDER BY priority, next_run_at, id "
+								  "LIMIT 1 FOR UPDATE SKIP LOCKED", t),
+						 3, claim_types);
+	PG_TRY();
+	{
+		mark = pgbq_prepare(psprintf("UPDATE %s SET state = 'running', "
+									 "attempts = attempts + 1, started_at = $2, "
+									 "closed_at = NULL, worker_pid = $3 "
+									 "WHERE id = $1 RETURNING sql_statement", t),
+							3, mark_types);
+		finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+									   "worker_pid = NULL "
+									   "WHERE id = $1 AND state = 'running' "
+									   "AND worker_pid = $3", t),
+							  3, finish_types);
+		next = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
+									 "WHERE owner = $1 "
+									 "AND state IN ('pending', 'retrying')", t),
+							1, next_types);
+	}
+	PG_CATCH();
+	{
+		/* kept plans are not freed by the abort */
+		if (next)
+			SPI_freeplan(next);
+		if (finish)
+			SPI_freeplan(finish);
+		if (mark)
+			SPI_freeplan(mark);
+		SPI_freeplan(claim);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	pgbq_end_privileged(nest, save_userid, save_sec);
+
+	if (pgbq_claim_plan)
+	{
+		SPI_freeplan(pgbq_claim_plan);
+		SPI_freeplan(pgbq_mark_running_plan);
+		SPI_freeplan(pgbq_finish_plan);
+		SPI_freeplan(pgbq_next_eligible_plan);
+	}
+	pgbq_claim_plan = claim;
+	pgbq_mark_running_plan = mark;
+	pgbq_finish_plan = finish;
+	pgbq_next_eligible_plan = next;
+	pgbq_cat = cat;
+	return true;
+}
+
+/*
+ * pgbq_task_table_alive
+ *		Inside a transaction and an SPI connection: is the table the task was
+ *		claimed from still the extension's task table?  After DROP EXTENSION
+ *		it is not, even once the extension has been created again (the
+ *		task's id means nothing in the new table); then remember that the
+ *		worker must leave.
+ */
+static bool
+pgbq_task_table_alive(PgbqTask *task)
+{
+	AcceptInvalidationMessages();
+	if (pgbq_worker_plans() && pgbq_cat.table_oid == task->table_oid)
+		return true;
+	pgbq_extension_dropped = true;
+	return false;
+}
+
+/*
+ * pgbq_log_abandoned
+ *		Say in the log that a task was abandoned because the extension was
+ *		dropped while this worker held it.
+ */
+void
+pgbq_log_abandoned(PgbqTask *task, bool started)
+{
+	ereport(LOG,
+			(errmsg("pg_background_queue: extension was dropped in database \"%s\" while task " INT64_FORMAT " was %s; worker exiting",
+					pgbq_dbname, task->id, started ? "running" : "claimed"),
+			 started ? errdetail("The task's effects were rolled back.") : 0));
+}
+
+/*
+ * pgbq_text_array
+ *		Build a text[] of the topics skipped so far ('' is the NULL topic).
+ */
+static Datum
+pgbq_text_array(List *topics)
+{
+	Datum	   *elems;
+	ListCell   *lc;
+	int			n = 0;
+
+	elems = palloc(sizeof(Datum) * (list_length(topics) + 1));
+	foreach(lc, topics)
+		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
+										   TYPALIGN_INT));
+}
+
+/*
+ * pgbq_claim
+ *		Claim the next eligible task of our role, in the current transaction
+ *		(caller is inside SPI and a privileged section).  Returns NULL if
+ *		none can start now; *wait_until is then the earliest time one might
+ *		(0 if unknown), *blocked whether a limit held a task back.
+ */
+static PgbqTask *
+pgbq_claim(TimestampTz *wait_until, bool *blocked)
+{
+	List	   *skipped = NIL;
+	int			round;
+
+	*wait_until = 0;
+	*blocked = false;
+	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
+	{
+		Datum		args[3];
+		bool		isnull;
+		int64		id;
+		char	   *topic = NULL;
+		char	   *prev_state;
+		PgbqTopicPolicy policy;
+		PgbqStartResult res;
+		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz retry_at;
+		int			rc;
+
+		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
+		args[1] = TimestampTzGetDatum(now);
+		args[2] = pgbq_text_array(skipped);
+		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 0)
+			break;
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+		topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		prev_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+
+		pgbq_topic_policy(topic, &policy);
+		res = pgbq_slot_try_start(pgbq_slotno, id, topic, &policy, now, &retry_at);
+		if (res == PGBQ_START_OK)
+		{
+			PgbqTask   *task;
+			Datum		margs[3];
+			MemoryContext old;
+
+			margs[0] = Int64GetDatum(id);
+			/* the start the rate limit counted, so spacing shows exactly */
+			margs[1] = TimestampTzGetDatum(now);
+			margs[2] = Int32GetDatum(MyProcPid);
+			rc = SPI_execute_plan(pgbq_mark_running_plan, margs, NULL, false, 1);
+			if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+				elog(ERROR, "could not mark task " INT64_FORMAT " running", id);
+			old = MemoryContextSwitchTo(pgbq_worker_ctx);
+			task = palloc0(sizeof(PgbqTask));
+			task->id = id;
+			task->sql = SPI_getvalue(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1);
+			task->topic = topic ? pstrdup(topic) : NULL;
+			strlcpy(task->prev_state, prev_state, sizeof(task->prev_state));
+			task->table_oid = pgbq_cat.table_oid;
+			MemoryContextSwitchTo(old);
+			return task;
+		}
+		*blocked = true;
+		if (res == PGBQ_START_RATE_LIMITED &&
+			(*wait_until == 0 || retry_at < *wait_until))
+			*wait_until = retry_at;
+		skipped = lappend(skipped, topic ? topic : "");
+	}
+
+	/* Nothing can start now: when could something become eligible? */
+	{
+		Datum		args[1];
+		bool		isnull;
+		Datum		d;
+		int			rc;
+
+		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
+		rc = SPI_execute_plan(pgbq_next_eligible_plan, args, NULL, true, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "could not compute next eligible time");
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+						  &isnull);
+		if (!isnull)
+		{
+			TimestampTz next = DatumGetTimestampTz(d);
+
+			if (next > GetCurrentTimestamp() &&
+				(*wait_until == 0 || next < *wait_until))
+				*wait_until = next;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * pgbq_bookkeeping_claim
+ *		Claim in the current transaction with SPI and privileges set up.
+ *		Returns false (and no task) if the extension is gone.
+ */
+static bool
+pgbq_bookkeeping_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+
+	*task = NULL;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!pgbq_worker_plans())
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		return false;
+	}
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	*task = pgbq_claim(wait_until, blocked);
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	SPI_finish();
+	PopActiveSnapshot();
+	return true;
+}
+
+/*
+ * pgbq_standalone_claim
+ *		Claim in a transaction of its own.
+ */
+static bool
+pgbq_standalone_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
+{
+	bool		ok;
+
+	pgbq_start_bookkeeping_xact();
+	if (!pgbq_first_claim)
+		(void) set_config_option("synchronous_commit", "off",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+	ok = pgbq_bookkeeping_claim(task, wait_until, blocked);
+	CommitTransactionCommand();
+	if (*task)
+		pgbq_first_claim = false;
+	return ok;
+}
+
+/*
+ * pgbq_release_slot_task
+ *		Our slot no longer runs the task.
+ */
+void
+pgbq_release_slot_task(void)
+{
+	pgbq_slot_finish_task(pgbq_slotno);
+}
+
+/*
+ * pgbq_recover_bookkeeping_error
+ *		pgbq_recover_from_error for bookkeeping: the query cancel with which
+ *		a shutdown interrupted a lock wait (see pgbq_watchdog_handler) is the
+ *		worker leaving as asked, not an error to log.
+ */
+void
+pgbq_recover_bookkeeping_error(MemoryContext ctx)
+{
+	ErrorData  *edata;
+
+	if (!pgbq_got_sigterm)
+	{
+		pgbq_recover_from_error(ctx);
+		return;
+	}
+	MemoryContextSwitchTo(ctx);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED)
+	{
+		FreeErrorData(edata);
+		pgbq_recover_from_error(ctx);
+		return;
+	}
+	HOLD_INTERRUPTS();
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	RESUME_INTERRUPTS();
+	elog(DEBUG1, "pg_background_queue: stopped waiting for a lock to shut down");
+	FreeErrorData(edata);
+	MemoryContextSwitchTo(ctx);
+}
+
+/*
+ * pgbq_guarded_claim
+ *		pgbq_standalone_claim, surviving errors (a stray cancel signal, a
+ *		serialization hiccup): the error is logged, the transaction and slot
+ *		are cleaned up, and the worker backs off for a second.
+ */
+bool
+pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
+{
+	volatile bool ok = true;
+	MemoryContext ctx = CurrentMemoryContext;
+
+	pgbq_begin_bookkeeping_tick(false);
+	PG_TRY();
+	{
+		ok = pgbq_standalone_claim(task, wait_until, blocked);
+	}
+	PG_CATCH();
+	{
+		pgbq_stop_task_timers();
+		pgbq_recover_bookkeeping_error(ctx);
+		QueryCancelPending = false;
+		pgbq_release_slot_task();
+		*task = NULL;
+		*blocked = false;
+		*wait_until = GetCurrentTimestamp() + PGBQ_CLAIM_ERROR_BACKOFF_MS * 1000;
+		ok = true;
+	}
+	PG_END_TRY();
+	pgbq_stop_task_timers();
+	return ok;
+}
+
+/*
+ * pgbq_give_back
+ *		Return a claimed task to its previous state without burning the
+ *		attempt (shutdown), in the current transaction.
+ */
+static void
+pgbq_give_back(PgbqTask *task)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		args[2];
+	char	   *sql;
+
+	PushActiveSnapshot(GetTransactionSnapshot());
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	sql = psprintf("UPDATE %s SET state = CAST($2 AS %s.pg_background_queue_task_state), "
+				   "attempts = GREATEST(attempts - 1, 0), worker_pid = NULL "
+				   "WHERE id = $1 AND state = 'running' AND worker_pid = %d",
+				   pgbq_cat.qualified_table, pgbq_cat.qualified_schema,
+				   (int) MyProcPid);
+	args[0] = Int64GetDatum(task->id);
+	args[1] = CStringGetTextDatum(task->prev_state);
+	if (SPI_execute_with_args(sql, 2, types, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not give back task " INT64_FORMAT, task->id);
+	SPI_finish();
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	PopActiveSnapshot();
+}
+
+/*
+ * pgbq_reannounce
+ *		After giving a task back, announce it again so that another worker
+ *		(or a new one) takes it: this worker is about to exit.
+ */
+static void
+pgbq_reannounce(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+
+	/* leaving: not the idle worker that will take it */
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	me->exit_reasons |= PGBQ_EXIT_LEAVING;
+	LWLockRelease(pgbq_shared->lock);
+	pgbq_announce_work(me->dboid, me->roleoid, 1, 0);
+}
+
+/*
+ * pgbq_hand_over_wakeup
+ *		Leaving while delayed work of our (database, role) is due later: let
+ *		the launcher start a worker for it when it is due.
+ */
+void
+pgbq_hand_over_wakeup(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	TimestampTz wake_at;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	wake_at = me->wake_at;
+	LWLockRelease(pgbq_shared->lock);
+	if (wake_at != 0)
+		pgbq_announce_work(me->dboid, me->roleoid, 0, wake_at);
+}
+
+/*
+ * pgbq_begin_bookkeeping
+ *		Start a transaction to record what became of a claimed task; returns
+ *		whether its task table still exists (DROP EXTENSION may have taken
+ *		it, and the row with it).
+ */
+static bool
+pgbq_begin_bookkeeping(PgbqTask *task)
+{
+	bool		alive;
+
+	pgbq_start_bookkeeping_xact();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	alive = pgbq_task_table_alive(task);
+	SPI_finish();
+	PopActiveSnapshot();
+	return alive;
+}
+
+/*
+ * pgbq_give_back_standalone
+ *		Give a claimed but not started task back, in its own transaction.
+ */
+static void
+pgbq_give_back_standalone(PgbqTask *task)
+{
+	bool		alive;
+
+	alive = pgbq_begin_bookkeeping(task);
+	if (alive)
+		pgbq_give_back(task);
+	else
+		pgbq_log_abandoned(task, false);
+	pgbq_release_slot_task();
+	CommitTransactionCommand();
+	if (alive)
+		pgbq_reannounce();
+}
+
+/*
+ * pgbq_give_back_guarded
+ *		pgbq_give_back_standalone on the way out; on an error (or a shutdown
+ *		that interrupted a lock wait) the task stays running in the name of
+ *		this exiting worker, and orphan recovery accounts for it.
+ */
+void
+pgbq_give_back_guarded(PgbqTask *task)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	pgbq_begin_bookkeeping_tick(true);
+	PG_TRY();
+	{
+		pgbq_give_back_standalone(task);
+	}
+	PG_CATCH();
+	{
+		pgbq_stop_task_timers();
+		pgbq_recover_bookkeeping_error(ctx);
+		QueryCancelPending = false;
+	}
+	PG_END_TRY();
+	pgbq_stop_task_timers();
+}
+
+/*
+ * pgbq_finish_and_claim_next
+ *		In the task's transaction: mark it finished, release the slot and
+ *		claim the next task (returned, or NULL).
+ */
+PgbqTask *
+pgbq_finish_and_claim_next(PgbqTask *task)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	Datum		args[3];
+	int			rc;
+	PgbqTask   *next = NULL;
+	TimestampTz wait_until;
+	bool		blocked;
+
+	/*
+	 * Whatever the task set: the pinned settings, READ WRITE (a task may
+	 * have made its transaction read-only), until the commit.
+	 */
+	(void) NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
+
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!pgbq_task_table_alive(task))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"%s\" was dropped while task " INT64_FORMAT " ran",
+						PGBQ_EXTENSION_NAME, task->id)));
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	args[0] = Int64GetDatum(task->id);
+	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[2] = Int32GetDatum(MyProcPid);
+	rc = SPI_execute_plan(pgbq_finish_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
+						task->id)));
+	pgbq_notify_terminal(task->id, "finished");
+	pgbq_release_slot_task();
+
+	/*
+	 * Claim the next task in this commit only at READ COMMITTED: at a
+	 * higher level (the role's default, or the task's choice) the claim
+	 * would run on the task's snapshot, see rows claimed since as still
+	 * pending and fail to lock them with a serialization error.  The loop
+	 * claims in a transaction of its own instead.
+	 */
+	if (!pgbq_got_sigterm && !IsolationUsesXactSnapshot())
+		next = pgbq_claim(&wait_until, &blocked);
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	SPI_finish();
+	PopActiveSnapshot();
+	return next;
+}
+
+/*
+ * pgbq_record_end
+ *		After the task's transaction was rolled back: in a new transaction,
+ *		give the task back (shutdown), or record the failed or cancelled
+ *		attempt and, with claim_next, claim the next task (returned).
+ */
+PgbqTask *
+pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
+				const char *sqlstate, const char *message, const char *detail,
+				bool claim_next)
+{
+	PgbqTask   *next = NULL;
+	bool		alive;
+
+	alive = pgbq_begin_bookkeeping(task);
+	if (!alive)
+	{
+		/* DROP EXTENSION: the row is gone, nothing to record */
+		pgbq_log_abandoned(task, true);
+		pgbq_release_slot_task();
+		shutdown = false;
+	}
+	else if (shutdown)
+	{
+		pgbq_give_back(task);
+		pgbq_release_slot_task();
+	}
+	else
+	{
+		TimestampTz wait_until;
+		bool		blocked;
+
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
+									cancelled, sqlstate, message, detail);
+		PopActiveSnapshot();
+		pgbq_release_slot_task();
+		if (claim_next && !pgbq_got_sigterm)
+			(void) pgbq_bookkeeping_claim(&next, &wait_until, &blocked);
+	}
+	CommitTransactionCommand();
+	pgbq_current_task = NULL;
+	if (shutdown)
+		pgbq_reannounce();
+	return next;
+}
+
+/*
+ * pgbq_record_end_guarded
+ *		pgbq_record_end, surviving errors: an error is logged and the
+ *		recording tried again after PGBQ_BOOKKEEPING_RETRY_MS, so the task
+ *		ends with its own outcome instead of a dead worker and an
+ *		"interrupted" attempt.  On shutdown the worker stops trying and
+ *		leaves: the row, still running in its name, goes to orphan recovery.
+ */
+PgbqTask *
+pgbq_record_end_guarded(PgbqTask *task, bool cancelled, bool shutdown,
+						const char *sqlstate, const char *message,
+						const char *detail)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	for (;;)
+	{
+		PgbqTask   *volatile next = NULL;
+		volatile bool done = false;
+
+		pgbq_begin_bookkeeping_tick(true);
+		PG_TRY();
+		{
+			next = pgbq_record_end(task, cancelled, shutdown, sqlstate,
+								   message, detail, true);
+			done = true;
+		}
+		PG_CATCH();
+		{
+			PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+			bool		holds_next;
+
+			pgbq_stop_task_timers();
+			pgbq_recover_bookkeeping_error(ctx);
+			pgbq_forget_notifications();
+			QueryCancelPending = false;
+			/* a next task claimed in the aborted transaction is not ours */
+			LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+			holds_next = (me->state == PGBQ_SLOT_RUNNING && me->task_id != task->id);
+			LWLockRelease(pgbq_shared->lock);
+			if (holds_next)
+				pgbq_release_slot_task();
+		}
+		PG_END_TRY();
+		pgbq_stop_task_timers();
+		if (done)
+			return next;
+		if (pgbq_got_sigterm)
+		{
+			pgbq_current_task = NULL;
+			pgbq_must_exit = true;
+			return NULL;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 PGBQ_BOOKKEEPING_RETRY_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
+
+/*
+ * pgbq_settle_demand
+ *		No task could be claimed: forget the launcher's outstanding demand
+ *		for our (database, role), unless new work was announced since seq
+ *		was read.  Returns false in that case (try again at once).
+ */
+bool
+pgbq_settle_demand(uint64 seq, TimestampTz next_eligible, bool exiting)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	PgbqDemand *d;
+	bool		settled = true;
+	bool		unmet;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	d = pgbq_demand_lookup(me->dboid, me->roleoid, exiting && next_eligible != 0);
+	if (d)
+	{
+		if (d->seq != seq)
+			settled = false;
+		else
+		{
+			d->want = 0;
+			if (exiting && next_eligible != 0 &&
+				(d->wake_at == 0 || next_eligible < d->wake_at))
+				d->wake_at = next_eligible;
+		}
+	}
+	if (settled && exiting)
+		me->exit_reasons |= PGBQ_EXIT_LEAVING;	/* no more wake-ups for us */
+	unmet = pgbq_shared->unmet_demand;
+	LWLockRelease(pgbq_shared->lock);
+
+	/*
+	 * An idle worker can now be evicted to make room for another role's
+	 * work that is waiting for a slot (see pgbq_make_room).
+	 */
+	if (settled && unmet)
+		pgbq_wake_launcher();
+	return settled;
+}
+
+/*
+ * pgbq_demand_seq
+ *		About to look for work: no longer spoken for (see pgbq_announce_work),
+ *		and the current announcement sequence number of our (database, role).
+ */
+uint64
+pgbq_demand_seq(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	PgbqDemand *d;
+	uint64		seq = 0;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	me->woken = false;
+	d = pgbq_demand_lookup(me->dboid, me->roleoid, false);
+	if (d)
+		seq = d->seq;
+	LWLockRelease(pgbq_shared->lock);
+	return seq;
+}
