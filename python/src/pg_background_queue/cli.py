@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   pgbq tasks --state failed --topic etl       what failed, and why
   pgbq wait 41 42 43 --timeout 600            block until they are done
   pgbq metrics --listen :9187                 Prometheus endpoint
+  pgbq web --listen 127.0.0.1:8080            live dashboard in the browser
   pgbq bench --output /tmp/bench              benchmark suite (BENCHMARKS.md, bench.png)
 
 exit status: 0 ok, 1 error, 2 usage, 3 timeout, 4 a task failed or was cancelled
@@ -321,6 +322,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="ADDR", help="serve /metrics on HOST:PORT")
 
     p = sub.add_parser(
+        "web",
+        help="a local web dashboard (needs the [web] extra)",
+        description="Serve a live dashboard of the queue, connected as the role of --dsn "
+        "(row level security decides what it shows). Binds to loopback by default.",
+    )
+    p.add_argument(
+        "--dsn",
+        default=argparse.SUPPRESS,
+        help="libpq connection string (default: the PG* environment variables)",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="address to serve on (default 127.0.0.1:8080; port 0 picks a free one)",
+    )
+    p.add_argument("--refresh", type=_positive, default=2.0, help="page update interval in seconds")
+
+    p = sub.add_parser(
         "demo",
         help="a short tour on a throwaway cluster (or --dsn)",
         description="Run a mixed workload and print what happened.",
@@ -354,6 +374,16 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web(args: argparse.Namespace) -> int:
+    from pg_background_queue import web
+
+    if args.schema:
+        raise ValueError("pgbq web finds the extension's schema itself: --schema is not used")
+    host, port = metrics.parse_address(args.listen, allow_any_port=True)
+    web.serve(args.dsn or "", host, port, refresh=max(args.refresh, 0.2))
+    return 0
+
+
 def _fail(kind: str, exc: BaseException) -> None:
     """One line on stderr, whatever the message's shape."""
     text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -370,12 +400,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(args.dsn, timeout=args.timeout, progress=args.progress)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "web":
+            return _web(args)
         with Client(args.dsn or "", schema=args.schema) as client:
             return COMMANDS[args.command](client, args)
     except WaitTimeout as exc:
         _fail("timeout", exc)
         return EXIT_TIMEOUT
-    except (PgbqError, OSError, ValueError, RuntimeError, PollTimeout, psycopg.Error) as exc:
+    except (
+        PgbqError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        ImportError,
+        PollTimeout,
+        psycopg.Error,
+    ) as exc:
         _fail("error", exc)
         return EXIT_ERROR
     except KeyboardInterrupt:
