@@ -18,11 +18,11 @@ import psycopg
 from tqdm import tqdm
 
 from pg_background_queue import metrics
+from pg_background_queue._poll import PollTimeout
 from pg_background_queue._table import duration, render
 from pg_background_queue.client import Client
 from pg_background_queue.errors import PgbqError, WaitTimeout
 from pg_background_queue.models import Task, TaskState
-from pg_background_queue.testing.cluster import PollTimeout
 
 EXIT_ERROR, EXIT_TIMEOUT, EXIT_TASK_FAILED = 1, 3, 4
 

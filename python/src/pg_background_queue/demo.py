@@ -40,19 +40,15 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
         yield dsn
         return
-    from pg_background_queue.testing.cluster import conninfo, destroy_node, make_node
+    from pg_background_queue.tempcluster import TempCluster
 
     print("Creating a throwaway cluster with pg_background_queue preloaded ...", flush=True)
-    node = make_node(
-        extra_conf={
-            "pg_background_queue.topic_config": json.dumps(TOPICS),
-            "pg_background_queue.max_parallel_running_tasks_count": 4,
-        }
-    )
-    try:
-        yield conninfo(node)
-    finally:
-        destroy_node(node)
+    settings: dict[str, str | int | float] = {
+        "pg_background_queue.topic_config": json.dumps(TOPICS),
+        "pg_background_queue.max_parallel_running_tasks_count": 4,
+    }
+    with TempCluster(settings) as target:
+        yield target
 
 
 def _setup(conn: psycopg.Connection[dict[str, Any]], with_role: bool) -> None:
