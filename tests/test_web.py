@@ -440,7 +440,46 @@ def test_overview_of_a_mixed_workload_and_the_task_page(
     expect(page.locator('#topics button[data-action="pause"]')).to_have_count(
         topics if has_pause else 0
     )
+    if has_pause:  # extension 1.2: a confirmed pause shows in the topics view, then resume
+        row = page.locator('#topics tr[data-topic="maintenance"]')
+        row.locator('button[data-action="pause"]').click()
+        expect(page.locator("#flash")).to_contain_text("topic maintenance: paused")
+        assert scalar(
+            node, "SELECT paused FROM pg_background_queue_topics WHERE topic = 'maintenance'"
+        )
+        row.locator('button[data-action="resume"]').click()
+        expect(page.locator("#flash")).to_contain_text("topic maintenance: resumed")
+        assert not scalar(
+            node, "SELECT paused FROM pg_background_queue_topics WHERE topic = 'maintenance'"
+        )
     query(node, "SELECT pg_background_cancel(%s)", [sleeper])
+
+
+def test_dashboard_recovers_after_a_server_restart(
+    make_cluster: Any, web: Callable[..., WebServer]
+) -> None:
+    other = make_cluster()
+    task_id = enqueue_as(other, "postgres", "SELECT 'survives the restart'")
+    server = web(conninfo(other))
+    status, _, body = server.get("/api/overview")
+    assert status == 200
+    assert task_id in [t["id"] for t in json.loads(body)["tasks"]]
+    other.restart()
+    # the lost connection is replaced within the same request: no error reaches the page
+    status, _, body = server.get("/api/overview")
+    assert status == 200, body
+    assert task_id in [t["id"] for t in json.loads(body)["tasks"]]
+    # while the server is down, a clear error; once it is back, the page recovers by itself
+    other.stop()
+    status, _, body = server.get("/api/overview")
+    assert status == 500
+    assert json.loads(body)["error"]
+    other.start()
+
+    def answers() -> bool:
+        return server.get("/api/overview")[0] == 200
+
+    poll_until(answers, timeout=60, interval=0.2, message="the dashboard answering again")
 
 
 def _has_column(node: Any, column: str) -> bool:

@@ -53,6 +53,12 @@ def _pg_config(pg_config: str, flag: str) -> str:
     return out.stdout.strip()
 
 
+def extension_installed(pg_config: str | None = None) -> bool:
+    """True if pg_background_queue is installed for that PostgreSQL (its control file)."""
+    sharedir = Path(_pg_config(pg_config_path(pg_config), "--sharedir"))
+    return (sharedir / "extension" / f"{EXTENSION}.control").is_file()
+
+
 def _setting(name: str, value: str | int | float) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{name} = {value}"
@@ -109,8 +115,7 @@ class TempCluster:
                 "e.g. runuser -u postgres -- pgbq demo"
             )
         bindir = Path(_pg_config(self.pg_config, "--bindir"))
-        control = Path(_pg_config(self.pg_config, "--sharedir")) / "extension"
-        if not (control / f"{EXTENSION}.control").is_file():
+        if not extension_installed(self.pg_config):
             raise RuntimeError(
                 f"{EXTENSION} is not installed for {self.pg_config}: build and install it "
                 f"(make PG_CONFIG={self.pg_config} && sudo make install), or set PG_CONFIG"

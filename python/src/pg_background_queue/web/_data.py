@@ -165,17 +165,27 @@ class Dashboard:
             )
         return self._conn, self._features
 
-    async def _guarded(self, work: Any) -> Any:
-        """Run ``work(conn, features)`` under the lock, translating errors; drop a broken
-        connection so that the next request reconnects."""
+    async def _guarded(self, work: Any, *, read_only: bool = True) -> Any:
+        """Run ``work(conn, features)`` under the lock, translating errors.
+
+        A connection found broken (the server restarted, a failover, a pooler closed it) is
+        dropped; a read is then tried once more on a new connection, an action is not (it
+        may have been applied) and reports the error.
+        """
         async with self._lock:
-            try:
-                conn, features = await self._connection()
-                return await work(conn, features)
-            except psycopg.Error as exc:
-                if self._conn is not None and (self._conn.broken or self._conn.closed):
-                    await self._drop()
-                raise translate(exc) from exc
+            for attempt in (1, 2):
+                had_connection = self._conn is not None
+                try:
+                    conn, features = await self._connection()
+                    return await work(conn, features)
+                except psycopg.Error as exc:
+                    lost = self._conn is not None and (self._conn.broken or self._conn.closed)
+                    if lost:
+                        await self._drop()
+                    if lost and had_connection and read_only and attempt == 1:
+                        continue
+                    raise translate(exc) from exc
+            raise AssertionError("unreachable")
 
     @staticmethod
     def _name(features: Features, obj: str) -> sql.Identifier:
@@ -411,7 +421,7 @@ class Dashboard:
                 raise ActionRefused(f"task {task_id} was not {verb}: {why}")
             return {"id": task_id, "state": state}
 
-        result: Row = await self._guarded(work)
+        result: Row = await self._guarded(work, read_only=False)
         return result
 
     async def set_paused(self, topic: str | None, paused: bool) -> Row:
@@ -429,7 +439,7 @@ class Dashboard:
             )
             return {"topic": topic, "paused": paused}
 
-        result: Row = await self._guarded(work)
+        result: Row = await self._guarded(work, read_only=False)
         return result
 
 
