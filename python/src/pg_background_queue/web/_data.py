@@ -9,6 +9,7 @@ queries only name what exists.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,10 @@ COUNTED_STATES = ("pending", "waiting", "running", "retrying", "failed")
 DEPENDENCY_COLUMNS = ("after", "depends_on", "dependencies")
 CHART_MINUTES = 15
 SQL_PREVIEW = 160
+#: An overview is served again while younger than this many times what it took to compute...
+OVERVIEW_DUTY = 5.0
+#: ... and at least this old (seconds).
+OVERVIEW_MIN_AGE_S = 0.5
 
 Row = dict[str, Any]
 
@@ -125,6 +130,7 @@ class Dashboard:
         self._conn: psycopg.AsyncConnection[Row] | None = None
         self._features: Features | None = None
         self._lock = asyncio.Lock()
+        self._overview_cache: dict[tuple[str | None, str | None], tuple[float, Row]] = {}
 
     async def close(self) -> None:
         """Close the connection, if open."""
@@ -203,12 +209,27 @@ class Dashboard:
     # ----------------------------------------------------------------- reads
 
     async def overview(self, state: str | None = None, topic: str | None = None) -> Row:
-        """Everything the main page shows, from one snapshot."""
+        """Everything the main page shows, from one snapshot.
+
+        The counts are exact, so with a large backlog one overview costs a scan of the
+        queued rows (about 1 s at a million).  Pages in several tabs share the answer: one
+        younger than ``OVERVIEW_DUTY`` times the time it took (at least
+        ``OVERVIEW_MIN_AGE_S``) is served again, which keeps the dashboard's share of the
+        database below ``1 / OVERVIEW_DUTY`` of one backend however many pages are open.
+        """
+        key = (state, topic)
+        cached = self._overview_cache.get(key)
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
 
         async def work(conn: psycopg.AsyncConnection[Row], f: Features) -> Row:
+            again = self._overview_cache.get(key)
+            if again is not None and time.monotonic() < again[0]:
+                return again[1]  # computed while this request waited for the lock
+            started = time.monotonic()
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                return {
+                result: Row = {
                     "features": f.as_json(),
                     "now": await _scalar(conn, "SELECT pg_catalog.now()"),
                     "topics": await self._topics(conn, f),
@@ -223,9 +244,16 @@ class Dashboard:
                         ),
                     ),
                 }
+            took = time.monotonic() - started
+            result["took_ms"] = round(took * 1000, 1)
+            expires = time.monotonic() + max(OVERVIEW_MIN_AGE_S, OVERVIEW_DUTY * took)
+            if len(self._overview_cache) > 64:  # filters typed by hand: keep it small
+                self._overview_cache.clear()
+            self._overview_cache[key] = (expires, result)
+            return result
 
-        result: Row = await self._guarded(work)
-        return result
+        answer: Row = await self._guarded(work)
+        return answer
 
     async def _topics(self, conn: psycopg.AsyncConnection[Row], f: Features) -> list[Row]:
         """Per topic: configuration (effective limits, paused) and counts per state."""
@@ -405,6 +433,7 @@ class Dashboard:
 
     async def _task_action(self, task_id: int, action: str) -> Row:
         async def work(conn: psycopg.AsyncConnection[Any], f: Features) -> Row:
+            self._overview_cache.clear()  # the page reloads right after an action
             client = AsyncClient(conn, schema=f.schema)
             done = await (client.cancel(task_id) if action == "cancel" else client.retry(task_id))
             rows = await _rows(
@@ -428,6 +457,7 @@ class Dashboard:
         """``pg_background_queue_pause`` / ``_resume`` of a topic (NULL: the default one)."""
 
         async def work(conn: psycopg.AsyncConnection[Row], f: Features) -> Row:
+            self._overview_cache.clear()
             function = "pg_background_queue_pause" if paused else "pg_background_queue_resume"
             if function not in f.functions:
                 raise ActionRefused(

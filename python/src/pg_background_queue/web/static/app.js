@@ -334,13 +334,19 @@ async function refresh() {
   const match = location.pathname.match(/^\/task\/(\d+)$/);
   document.getElementById("overview-view").hidden = !!match;
   document.getElementById("task-view").hidden = !match;
+  let delay = REFRESH;
   try {
+    const started = performance.now();
     if (match) await loadTask(Number(match[1])); else await loadOverview();
-    live(true, `live · updated ${new Date().toLocaleTimeString()}`);
+    /* a slow answer (a huge backlog) stretches the interval: the page never keeps the
+       database busy more than a fifth of the time */
+    delay = Math.max(REFRESH, 5 * (performance.now() - started));
+    const every = delay > REFRESH ? ` (every ${(delay / 1000).toFixed(1)} s)` : "";
+    live(true, `live · updated ${new Date().toLocaleTimeString()}${every}`);
   } catch (err) {
     live(false, `not updated: ${err.message}${err.sqlstate ? ` (SQLSTATE ${err.sqlstate})` : ""}`);
   }
-  if (gen === generation) timer = setTimeout(refresh, REFRESH);
+  if (gen === generation) timer = setTimeout(refresh, delay);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
