@@ -13,7 +13,6 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "${REPO}/scripts/lib.sh"
 require_root
 DEMO_VENV=${PGBQ_DEMO_VENV:-/opt/pg_background_queue/demo-venv}
-BUILD=/var/tmp/pgbq-build
 bash "${REPO}/scripts/bootstrap.sh" --no-venv
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! "${DEMO_VENV}/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
@@ -22,10 +21,10 @@ if ! "${DEMO_VENV}/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 1
 	mkdir -p "$(dirname "${DEMO_VENV}")"
 	/usr/bin/python3 -m venv "${DEMO_VENV}"
 fi
-log "installing ${BUILD}/python (base package only) into ${DEMO_VENV}"
-"${DEMO_VENV}/bin/python" -m pip install -q "${BUILD}/python"
+log "installing ${REPO}/python (base package only) into ${DEMO_VENV}"
+"${DEMO_VENV}/bin/python" -m pip install -q "${REPO}/python"
 # same version number, new code: always replace the package itself
-"${DEMO_VENV}/bin/python" -m pip install -q --no-deps --force-reinstall "${BUILD}/python"
+"${DEMO_VENV}/bin/python" -m pip install -q --no-deps --force-reinstall "${REPO}/python"
 chmod -R a+rX "${DEMO_VENV}"
 cd /
 PGBQ_VENV=${DEMO_VENV} as_postgres "${DEMO_VENV}/bin/pgbq" demo "$@"
