@@ -213,7 +213,7 @@ def screenshot(page: Any, name: str) -> None:
     out = os.environ.get("PGBQ_WEB_SCREENSHOTS")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(out) / name), full_page=True)
+        page.screenshot(path=str(Path(out) / name))
 
 
 def task_row(page: Any, table: str, task_id: int) -> Any:

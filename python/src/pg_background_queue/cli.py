@@ -338,7 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to serve on (default 127.0.0.1:8080; port 0 picks a free one)",
     )
-    p.add_argument("--refresh", type=_positive, default=2.0, help="page update interval in seconds")
+    p.add_argument(
+        "--refresh",
+        type=_positive,
+        default=2.0,
+        metavar="S",
+        help="page update interval in seconds (default 2; stretched when answers are slow)",
+    )
 
     p = sub.add_parser(
         "demo",

@@ -317,10 +317,10 @@ class Dashboard:
             conn,
             sql.SQL(
                 "(SELECT {cols} FROM {t} WHERE state = 'failed' "
-                " ORDER BY closed_at DESC LIMIT 20) "
+                " ORDER BY closed_at DESC LIMIT 10) "
                 "UNION ALL "
                 "(SELECT {cols} FROM {t} WHERE state = 'retrying' "
-                " ORDER BY next_run_at DESC LIMIT 20)"
+                " ORDER BY next_run_at DESC LIMIT 10)"
             ).format(cols=cols, t=self._name(f, "pg_background_tasks")),
         )
 
