@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ TOPICS = {
     "maintenance": {"max_parallel_running_tasks_count": 1, "timeout_in_sec": 600},
 }
 UI_TIMEOUT_MS = 30_000  # the machine is shared: generous, and every wait is a poll
+STARTUP_TIMEOUT_S = 300  # pgbq demo --web runs the demo first
 
 pytestmark = [
     pytest.mark.pgbq_node(
@@ -85,33 +87,41 @@ def state_of(node: Any, task_id: int) -> str:
 
 
 class WebServer:
-    """A ``pgbq web`` process; ``url`` is read from its first line of output."""
+    """A ``pgbq`` process serving the dashboard (``pgbq web`` by default); ``url`` is read
+    from its line ``serving the dashboard on URL``; ``output`` holds what it printed."""
 
-    def __init__(self, dsn: str, *extra: str) -> None:
+    def __init__(self, dsn: str, *extra: str, argv: list[str] | None = None) -> None:
         script = Path(sys.executable).with_name("pgbq")
         cmd = (
             [str(script)] if script.exists() else [sys.executable, "-m", "pg_background_queue.cli"]
         )
+        args = argv or ["web", "--dsn", dsn, "--listen", "127.0.0.1:0", *extra]
         self.proc = subprocess.Popen(
-            [*cmd, "web", "--dsn", dsn, "--listen", "127.0.0.1:0", *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd="/",
+            [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"
         )
+        self.output: list[str] = []
+        self.errors: list[str] = []
         lines: queue.Queue[str] = queue.Queue()
         assert self.proc.stdout is not None
-        stdout = self.proc.stdout
+        assert self.proc.stderr is not None
+        stdout, stderr = self.proc.stdout, self.proc.stderr
         threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-        try:
-            first = lines.get(timeout=60)
-        except queue.Empty:
-            self.stop()
-            raise AssertionError(
-                f"pgbq web printed nothing in 60 s; stderr: {self.stderr()}"
-            ) from None
-        assert first.startswith("serving the dashboard on http://127.0.0.1:"), first
-        self.url = first.split()[4].rstrip("/")
+        threading.Thread(target=lambda: self.errors.extend(stderr), daemon=True).start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                self.stop()
+                raise AssertionError(
+                    f"no dashboard after {STARTUP_TIMEOUT_S} s; stdout: {self.output}; "
+                    f"stderr: {self.errors}"
+                ) from None
+            self.output.append(line)
+            if line.startswith("serving the dashboard on "):
+                break
+        assert line.startswith("serving the dashboard on http://127.0.0.1:"), line
+        self.url = line.split()[4].rstrip("/")
         # the socket listens before uvicorn serves: wait until it answers
         poll_until(
             lambda: self.get("/")[0] == 200,
@@ -119,11 +129,6 @@ class WebServer:
             message="pgbq web answering",
             ignore=(OSError,),
         )
-
-    def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return "(running)"
-        return self.proc.stderr.read()
 
     def get(
         self, path: str, headers: dict[str, str] | None = None
@@ -146,14 +151,16 @@ class WebServer:
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), exc.read()
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM (as Ctrl-C would), then the exit status."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
+        return self.proc.returncode
 
 
 @pytest.fixture
@@ -161,8 +168,8 @@ def web(node: Any) -> Iterator[Callable[..., WebServer]]:
     """Factory: ``web(dsn, *extra_args)`` starts a server; all are stopped afterwards."""
     started: list[WebServer] = []
 
-    def start(dsn: str, *extra: str) -> WebServer:
-        server = WebServer(dsn, *extra)
+    def start(dsn: str, *extra: str, argv: list[str] | None = None) -> WebServer:
+        server = WebServer(dsn, *extra, argv=argv)
         started.append(server)
         return server
 
@@ -486,6 +493,25 @@ def test_dashboard_recovers_after_a_server_restart(
         return server.get("/api/overview")[0] == 200
 
     poll_until(answers, timeout=60, interval=0.2, message="the dashboard answering again")
+
+
+def test_dashboard_of_a_fresh_demo_cluster(web: Callable[..., WebServer], page: Any) -> None:
+    """``pgbq demo --web``: the demo's throwaway cluster, then its dashboard until SIGTERM."""
+    from playwright.sync_api import expect
+
+    demo = web("", argv=["demo", "--timeout", "300", "--web", "127.0.0.1:0"])
+    assert any(line.startswith("Rows written as:") for line in demo.output), demo.output
+    page.goto(demo.url + "/")
+    expect(page.locator("#whoami")).to_contain_text("(superuser)")
+    expect(page.locator("#tasks tbody tr[data-task-id]")).to_have_count(18)
+    expect(page.locator('#tasks tr[data-state="finished"]')).to_have_count(16)
+    expect(page.locator('#tasks tr[data-state="failed"]')).to_have_count(2)
+    expect(page.locator("#tasks")).to_contain_text("pgbq_demo_user")
+    flaky = page.locator("#failures tbody tr[data-task-id]").first
+    expect(flaky).to_contain_text("#3 ")  # every attempt of a task that failed three times
+    screenshot(page, "web-demo.png")
+    assert demo.stop() == 0
+    assert not any("Traceback" in line for line in demo.errors), demo.errors
 
 
 def _has_column(node: Any, column: str) -> bool:

@@ -352,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a mixed workload and print what happened.",
     )
     p.add_argument("--timeout", type=_positive, default=120.0, help="seconds to wait for tasks")
+    p.add_argument(
+        "--web",
+        nargs="?",
+        const="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="then serve pgbq web on the demo's server until Ctrl-C (default 127.0.0.1:8080; "
+        "needs the [web] extra)",
+    )
 
     p = sub.add_parser(
         "bench",
@@ -403,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from pg_background_queue import demo
 
-            return demo.run(args.dsn, timeout=args.timeout, progress=args.progress)
+            web = None if args.web is None else metrics.parse_address(args.web, allow_any_port=True)
+            return demo.run(args.dsn, timeout=args.timeout, progress=args.progress, web=web)
         if args.command == "bench":
             return _bench(args)
         if args.command == "web":

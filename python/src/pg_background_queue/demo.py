@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -145,8 +145,23 @@ def _summary(conn: psycopg.Connection[dict[str, Any]], tasks: list[Task]) -> int
     return 0
 
 
-def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = None) -> int:
-    """Run the demo; returns a process exit code."""
+def run(
+    dsn: str | None = None,
+    timeout: float = 120.0,
+    progress: bool | None = None,
+    web: tuple[str, int] | None = None,
+) -> int:
+    """Run the demo; returns a process exit code.
+
+    With ``web`` (host, port), serve ``pgbq web`` on the demo's server afterwards, until
+    interrupted (the throwaway cluster is removed then); it needs the ``[web]`` extra,
+    which is checked before anything starts.
+    """
+    serve: Callable[..., None] | None = None
+    if web is not None:  # fail before the demo if the [web] extra is missing
+        from pg_background_queue import web as web_module
+
+        serve = web_module.serve
     with (
         _server(dsn) as target,
         psycopg.connect(target, autocommit=True, row_factory=dict_row) as conn,
@@ -162,7 +177,11 @@ def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = 
         _setup(conn, with_role)
         ids = _enqueue_workload(conn, client, with_role)
         tasks = _wait(client, side, ids, timeout, progress)
-        return _summary(conn, tasks)
+        status = _summary(conn, tasks)
+        if serve is not None and web is not None:
+            print("\nThe dashboard of this cluster, until Ctrl-C:", flush=True)
+            serve(target, web[0], web[1])
+        return status
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ import decimal
 import ipaddress
 import json
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 try:
@@ -242,7 +244,18 @@ def serve(dsn: str, host: str = "127.0.0.1", port: int = 8080, *, refresh: float
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     print(f"serving the dashboard on http://{shown}:{bound}/ (Ctrl-C to stop)", flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the
+    # previous handler: make SIGTERM, like Ctrl-C, end here so that callers clean up
+    # (pgbq demo --web removes its throwaway cluster)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
