@@ -576,6 +576,14 @@ def test_server_errors_are_clear(node: Any, web: Callable[..., WebServer]) -> No
     assert status == 403, body
     assert json.loads(body)["sqlstate"] == "42501"
 
+    # a database without the extension: 503 and what to do
+    query(node, "DROP DATABASE IF EXISTS web_noext")
+    query(node, "CREATE DATABASE web_noext")
+    server = web(conninfo(node, dbname="web_noext"))
+    status, _, body = server.get("/api/overview")
+    assert status == 503, body
+    assert "CREATE EXTENSION pg_background_queue" in json.loads(body)["error"]
+
     # --listen that cannot be parsed: usage error in one line, no traceback
     script = Path(sys.executable).with_name("pgbq")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "pg_background_queue.cli"]
