@@ -93,6 +93,11 @@ def test_base_install_cli_works_and_extras_fail_clearly(base_venv: Path) -> None
     assert "pip install 'pg-background-queue[web]'" in web.stderr
     assert "Traceback" not in web.stderr
 
+    demo_web = _run([pgbq, "demo", "--web", "127.0.0.1:0"])
+    assert demo_web.returncode == 1, demo_web
+    assert "pip install 'pg-background-queue[web]'" in demo_web.stderr
+    assert "throwaway cluster" not in demo_web.stdout  # refused before anything started
+
     bench = _run([pgbq, "bench", "--quick", "--output", "/nonexistent"])
     assert bench.returncode == 1, bench
     assert "needs testgres" in bench.stderr
