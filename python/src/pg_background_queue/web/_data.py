@@ -146,8 +146,10 @@ class Dashboard:
         if self._conn is None or self._conn.closed or self._conn.broken:
             await self._drop()
             try:
+                # no server-side prepared statements: the DSN may be a pooler in
+                # transaction mode (PgBouncer before 1.21 loses them between transactions)
                 self._conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, row_factory=dict_row
+                    self.dsn, autocommit=True, row_factory=dict_row, prepare_threshold=None
                 )
             except psycopg.Error as exc:
                 raise translate(exc) from exc
