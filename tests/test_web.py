@@ -462,6 +462,50 @@ def test_overview_of_a_mixed_workload_and_the_task_page(
     query(node, "SELECT pg_background_cancel(%s)", [sleeper])
 
 
+def test_waiting_task_and_its_dependencies(
+    node: Any, roles: tuple[str, str], web: Callable[..., WebServer], page: Any
+) -> None:
+    """Where the extension has dependencies (1.2: ``after``, state ``waiting``), the page
+    counts waiting tasks and the task page links prerequisites and dependents; before 1.2
+    it shows neither."""
+    from playwright.sync_api import expect
+
+    alice, _ = roles
+    first = enqueue_as(node, alice, "SELECT 'prerequisite'", topic="etl_deps")
+    server = web(conninfo(node, user=alice))
+    if not _has_column(node, "after"):
+        page.goto(f"{server.url}/task/{first}")
+        expect(page.locator("#task-title")).to_contain_text(f"Task #{first}")
+        expect(page.locator("#task-deps-box")).to_be_hidden()
+        expect(page.locator('#task-columns tr[data-column="after"]')).to_have_count(0)
+        query(node, "SELECT pg_background_cancel(%s)", [first])
+        return
+    then: int = scalar(
+        node,
+        "SELECT pg_background_enqueue(%s, %s, after => ARRAY[%s]::bigint[])",
+        ["SELECT 'dependent'", "etl_deps", first],
+        user=alice,
+    )
+    assert state_of(node, then) == "waiting"
+    page.goto(server.url + "/")
+    expect(task_row(page, "tasks", then).locator(".state")).to_have_text("waiting")
+    topic = page.locator('#topics tr[data-topic="etl_deps"]')
+    expect(topic.locator('td[data-count="waiting"]')).to_have_text("1")
+    expect(topic.locator('td[data-count="pending"]')).to_have_text("1")
+
+    page.goto(f"{server.url}/task/{then}")
+    expect(page.locator("#task-prereqs")).to_contain_text(f"#{first}")
+    expect(page.locator("#task-prereqs")).to_contain_text("pending")
+    expect(page.locator("#task-dependents")).to_have_text("none")
+    page.goto(f"{server.url}/task/{first}")
+    expect(page.locator("#task-dependents")).to_contain_text(f"#{then}")
+    # cancelling the prerequisite from the page cancels the dependent with it
+    page.locator('#task-actions button[data-action="cancel"]').click()
+    expect(page.locator("#flash")).to_contain_text(f"task {first}: cancel requested")
+    poll_until(lambda: state_of(node, then) == "cancelled", timeout=60, message="cascade")
+    expect(page.locator("#task-dependents")).to_contain_text("cancelled")
+
+
 def test_dashboard_recovers_after_a_server_restart(
     make_cluster: Any, web: Callable[..., WebServer]
 ) -> None:

@@ -405,8 +405,8 @@ class Dashboard:
                 out["prerequisites"] = await _rows(
                     conn,
                     sql.SQL(
-                        "SELECT id, state::text AS state FROM {t} WHERE id = ANY("
-                        "(SELECT {c} FROM {t} WHERE id = %(id)s)) ORDER BY id"
+                        "SELECT id, state::text AS state FROM {t} WHERE id = ANY(ARRAY("
+                        "SELECT pg_catalog.unnest({c}) FROM {t} WHERE id = %(id)s)) ORDER BY id"
                     ).format(t=tasks, c=col),
                     {"id": task_id},
                 )
@@ -465,10 +465,15 @@ class Dashboard:
                 raise ActionRefused(
                     f"extension version {f.version} has no {function}()", sqlstate="0A000"
                 )
-            await conn.execute(
-                sql.SQL("SELECT {}(%(topic)s::text)").format(self._name(f, function)),
+            rows = await _rows(
+                conn,
+                sql.SQL("SELECT {}(%(topic)s::text) AS changed").format(self._name(f, function)),
                 {"topic": topic},
             )
+            if rows and rows[0]["changed"] is False:  # 1.2 answers false for a no-op
+                name = "the default topic" if topic is None else f"topic {topic}"
+                state = "already paused" if paused else "not paused"
+                raise ActionRefused(f"{name} was {state}")
             return {"topic": topic, "paused": paused}
 
         result: Row = await self._guarded(work, read_only=False)
