@@ -454,6 +454,15 @@ def test_overview_of_a_mixed_workload_and_the_task_page(
         assert scalar(
             node, "SELECT paused FROM pg_background_queue_topics WHERE topic = 'maintenance'"
         )
+        token = page.locator('meta[name="pgbq-token"]').get_attribute("content")
+        status, _, body = admin.request(
+            "POST",
+            "/api/topics/pause",
+            b'{"topic": "maintenance"}',
+            {"Content-Type": "application/json", "X-Pgbq-Token": token},
+        )
+        assert status == 409
+        assert json.loads(body)["error"] == "topic maintenance was already paused"
         row.locator('button[data-action="resume"]').click()
         expect(page.locator("#flash")).to_contain_text("topic maintenance: resumed")
         assert not scalar(
