@@ -19,11 +19,11 @@ import psycopg
 from tqdm import tqdm
 
 from pg_background_queue import metrics
+from pg_background_queue._poll import PollTimeout
 from pg_background_queue._table import duration, render
 from pg_background_queue.client import Client
 from pg_background_queue.errors import PgbqError, WaitTimeout
 from pg_background_queue.models import Task, TaskState
-from pg_background_queue.testing.cluster import PollTimeout
 
 EXIT_ERROR, EXIT_TIMEOUT, EXIT_TASK_FAILED = 1, 3, 4
 
@@ -40,6 +40,7 @@ EXAMPLES = """examples:
   pgbq pause maintenance; pgbq resume maintenance
   pgbq reschedule 41 --at 0s --priority 0     run it now, first
   pgbq metrics --listen :9187                 Prometheus endpoint
+  pgbq web --listen 127.0.0.1:8080            live dashboard in the browser
   pgbq bench --output /tmp/bench              benchmark suite (BENCHMARKS.md, bench.png)
 
 exit status: 0 ok, 1 error, 2 usage, 3 timeout, 4 a task failed or was cancelled
@@ -411,12 +412,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="ADDR", help="serve /metrics on HOST:PORT")
 
     p = sub.add_parser(
+        "web",
+        help="a local web dashboard (needs the [web] extra)",
+        description="Serve a live dashboard of the queue, connected as the role of --dsn "
+        "(row level security decides what it shows). Binds to loopback by default.",
+    )
+    p.add_argument(
+        "--dsn",
+        default=argparse.SUPPRESS,
+        help="libpq connection string (default: the PG* environment variables)",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="address to serve on (default 127.0.0.1:8080; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--refresh",
+        type=_positive,
+        default=2.0,
+        metavar="S",
+        help="page update interval in seconds (default 2; stretched when answers are slow)",
+    )
+
+    p = sub.add_parser(
         "demo",
         help="a short tour on a throwaway cluster (or --dsn)",
         description="Run a mixed workload and print what happened.",
     )
     p.add_argument("--timeout", type=_positive, default=120.0, help="seconds to wait for tasks")
     _add_server_option(p)
+    p.add_argument(
+        "--web",
+        nargs="?",
+        const="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="then serve pgbq web on the demo's server until Ctrl-C (default 127.0.0.1:8080; "
+        "needs the [web] extra)",
+    )
 
     p = sub.add_parser(
         "bench",
@@ -448,7 +482,7 @@ def _choose_server(pg_config: str | None) -> None:
         return
     from pathlib import Path
 
-    from pg_background_queue.testing.build import extension_installed
+    from pg_background_queue._pgconfig import extension_installed
 
     if not Path(pg_config).is_file():
         raise ValueError(f"--pg-config {pg_config}: no such file")
@@ -475,6 +509,16 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web(args: argparse.Namespace) -> int:
+    from pg_background_queue import web
+
+    if args.schema:
+        raise ValueError("pgbq web finds the extension's schema itself: --schema is not used")
+    host, port = metrics.parse_address(args.listen, allow_any_port=True)
+    web.serve(args.dsn or "", host, port, refresh=max(args.refresh, 0.2))
+    return 0
+
+
 def _fail(kind: str, exc: BaseException) -> None:
     """One line on stderr, whatever the message's shape."""
     text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -490,15 +534,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from pg_background_queue import demo
 
-            return demo.run(args.dsn, timeout=args.timeout, progress=args.progress)
+            web = None if args.web is None else metrics.parse_address(args.web, allow_any_port=True)
+            return demo.run(args.dsn, timeout=args.timeout, progress=args.progress, web=web)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "web":
+            return _web(args)
         with Client(args.dsn or "", schema=args.schema, pooled=args.pooled) as client:
             return COMMANDS[args.command](client, args)
     except WaitTimeout as exc:
         _fail("timeout", exc)
         return EXIT_TIMEOUT
-    except (PgbqError, OSError, ValueError, RuntimeError, PollTimeout, psycopg.Error) as exc:
+    except (
+        PgbqError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        ImportError,
+        PollTimeout,
+        psycopg.Error,
+    ) as exc:
         _fail("error", exc)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -42,24 +42,19 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
         yield dsn
         return
-    from pg_background_queue.testing.build import pg_config_value
-    from pg_background_queue.testing.cluster import conninfo, destroy_node, make_node
+    from pg_background_queue.tempcluster import TempCluster, pg_config_path, pg_config_value
 
     print(
-        f"Creating a throwaway {pg_config_value('--version')} cluster "
+        f"Creating a throwaway {pg_config_value('--version', pg_config_path())} cluster "
         "with pg_background_queue preloaded ...",
         flush=True,
     )
-    node = make_node(
-        extra_conf={
-            "pg_background_queue.topic_config": json.dumps(TOPICS),
-            "pg_background_queue.max_parallel_running_tasks_count": 4,
-        }
-    )
-    try:
-        yield conninfo(node)
-    finally:
-        destroy_node(node)
+    settings: dict[str, str | int | float] = {
+        "pg_background_queue.topic_config": json.dumps(TOPICS),
+        "pg_background_queue.max_parallel_running_tasks_count": 4,
+    }
+    with TempCluster(settings) as target:
+        yield target
 
 
 def _setup(conn: psycopg.Connection[dict[str, Any]], with_role: bool) -> None:
@@ -182,8 +177,23 @@ def _workflow(client: Client, timeout: float) -> None:
     print(render(("step", "after", "state", "why"), rows))
 
 
-def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = None) -> int:
-    """Run the demo; returns a process exit code."""
+def run(
+    dsn: str | None = None,
+    timeout: float = 120.0,
+    progress: bool | None = None,
+    web: tuple[str, int] | None = None,
+) -> int:
+    """Run the demo; returns a process exit code.
+
+    With ``web`` (host, port), serve ``pgbq web`` on the demo's server afterwards, until
+    interrupted (the throwaway cluster is removed then); it needs the ``[web]`` extra,
+    which is checked before anything starts.
+    """
+    serve: Callable[..., None] | None = None
+    if web is not None:  # fail before the demo if the [web] extra is missing
+        from pg_background_queue import web as web_module
+
+        serve = web_module.serve
     with (
         _server(dsn) as target,
         psycopg.connect(target, autocommit=True, row_factory=dict_row) as conn,
@@ -201,6 +211,9 @@ def run(dsn: str | None = None, timeout: float = 120.0, progress: bool | None = 
         tasks = _wait(client, side, ids, timeout, progress)
         status = _summary(conn, tasks)
         _workflow(client, timeout)
+        if serve is not None and web is not None:
+            print("\nThe dashboard of this cluster, until Ctrl-C:", flush=True)
+            serve(target, web[0], web[1])
         return status
 
 

@@ -92,10 +92,12 @@ def render(stats: list[TopicStats], totals: list[Totals], workers: list[Worker])
     return "\n".join(lines) + "\n"
 
 
-def parse_address(addr: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` or ``PORT`` (host defaults to 127.0.0.1)."""
+def parse_address(addr: str, *, allow_any_port: bool = False) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``PORT`` (host defaults to 127.0.0.1); port 0 (any free
+    port) only with ``allow_any_port``."""
     host, _, port = addr.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    lowest = 0 if allow_any_port else 1
+    if not port.isdigit() or not lowest <= int(port) < 65536:
         raise ValueError(f"invalid listen address {addr!r} (expected HOST:PORT)")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -14,18 +14,40 @@ import json
 import os
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
-import testgres
 from psycopg.conninfo import make_conninfo
 
+from pg_background_queue._poll import PollTimeout, poll_until
 from pg_background_queue.testing.build import EXTENSION, bindir, pg_config_path
 
-T = TypeVar("T")
+try:
+    import testgres
+except ImportError as exc:  # the base package does not install the harness's dependencies
+    raise ImportError(
+        "pg_background_queue.testing needs testgres, which the base package does not "
+        "install: pip install 'pg-background-queue[testing]' (the [test] and [bench] extras "
+        "include it)"
+    ) from exc
+
+__all__ = [
+    "BASE_CONF",
+    "PollTimeout",
+    "PsqlError",
+    "conf_line",
+    "configure_testgres",
+    "conninfo",
+    "destroy_node",
+    "make_node",
+    "poll_until",
+    "psql",
+    "query",
+    "server_log",
+]
+
 
 ConfValue = str | int | float | bool | Mapping[str, Any] | Sequence[Any]
 
@@ -205,38 +227,3 @@ def query(
 def server_log(node: Any) -> str:
     """The node's server log so far (for assertions and for failure messages)."""
     return Path(node.pg_log_file).read_text(errors="replace")
-
-
-class PollTimeout(AssertionError):
-    """:func:`poll_until` ran out of time; the message says what was awaited and last seen."""
-
-
-def poll_until(
-    condition: Callable[[], T],
-    *,
-    timeout: float = 30.0,
-    interval: float = 0.05,
-    message: str | None = None,
-    ignore: tuple[type[BaseException], ...] = (),
-) -> T:
-    """Call ``condition`` until it returns a truthy value, and return that value.
-
-    Raises :class:`PollTimeout` after ``timeout`` seconds, naming ``message`` (default: the
-    callable) with the last value returned or exception raised. Exceptions listed in
-    ``ignore`` count as "not yet"; any other exception propagates at once.
-    """
-    deadline = time.monotonic() + timeout
-    last: str = "never evaluated"
-    while True:
-        try:
-            value = condition()
-        except ignore as exc:
-            last = f"raised {exc!r}"
-        else:
-            if value:
-                return value
-            last = f"returned {value!r}"
-        if time.monotonic() >= deadline:
-            label = message or getattr(condition, "__qualname__", repr(condition))
-            raise PollTimeout(f"timed out after {timeout:g}s waiting for {label}; last {last}")
-        time.sleep(interval)
