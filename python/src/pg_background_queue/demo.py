@@ -42,10 +42,11 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
         yield dsn
         return
-    from pg_background_queue.tempcluster import TempCluster, pg_config_path, pg_config_value
+    from pg_background_queue._pgconfig import pg_config_value
+    from pg_background_queue.tempcluster import TempCluster
 
     print(
-        f"Creating a throwaway {pg_config_value('--version', pg_config_path())} cluster "
+        f"Creating a throwaway {pg_config_value('--version')} cluster "
         "with pg_background_queue preloaded ...",
         flush=True,
     )

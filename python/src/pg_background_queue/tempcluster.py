@@ -21,8 +21,13 @@ from types import TracebackType
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-EXTENSION = "pg_background_queue"
-DEFAULT_PG_CONFIG = "/usr/bin/pg_config"
+from pg_background_queue._pgconfig import (
+    EXTENSION,
+    extension_installed,
+    pg_config_path,
+    pg_config_value,
+)
+
 START_TIMEOUT_S = 120
 #: Settings of the throwaway cluster (the caller's ``settings`` are appended after them).
 BASE_SETTINGS: dict[str, str | int | float] = {
@@ -33,30 +38,6 @@ BASE_SETTINGS: dict[str, str | int | float] = {
     "lc_messages": "C",
     "timezone": "UTC",
 }
-
-
-def pg_config_path(pg_config: str | None = None) -> str:
-    """The argument, ``$PG_CONFIG``, ``pg_config`` on PATH, or ``/usr/bin/pg_config``."""
-    return (
-        pg_config or os.environ.get("PG_CONFIG") or shutil.which("pg_config") or DEFAULT_PG_CONFIG
-    )
-
-
-def _pg_config(pg_config: str, flag: str) -> str:
-    try:
-        out = subprocess.run([pg_config, flag], check=True, capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise RuntimeError(
-            f"cannot run {pg_config} {flag} ({exc}): install PostgreSQL's server package, or "
-            "set PG_CONFIG to the pg_config of the installation to use"
-        ) from exc
-    return out.stdout.strip()
-
-
-def extension_installed(pg_config: str | None = None) -> bool:
-    """True if pg_background_queue is installed for that PostgreSQL (its control file)."""
-    sharedir = Path(_pg_config(pg_config_path(pg_config), "--sharedir"))
-    return (sharedir / "extension" / f"{EXTENSION}.control").is_file()
 
 
 def _setting(name: str, value: str | int | float) -> str:
@@ -114,7 +95,7 @@ class TempCluster:
                 "PostgreSQL refuses to run as root: run the demo as an unprivileged user, "
                 "e.g. runuser -u postgres -- pgbq demo"
             )
-        bindir = Path(_pg_config(self.pg_config, "--bindir"))
+        bindir = Path(pg_config_value("--bindir", self.pg_config))
         if not extension_installed(self.pg_config):
             raise RuntimeError(
                 f"{EXTENSION} is not installed for {self.pg_config}: build and install it "
@@ -151,7 +132,7 @@ class TempCluster:
             return
         try:
             if (self.data / "postmaster.pid").exists():
-                bindir = Path(_pg_config(self.pg_config, "--bindir"))
+                bindir = Path(pg_config_value("--bindir", self.pg_config))
                 subprocess.run(
                     [str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
                     capture_output=True,
