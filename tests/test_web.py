@@ -556,11 +556,14 @@ def test_dashboard_of_a_fresh_demo_cluster(web: Callable[..., WebServer], page: 
     assert any(line.startswith("Rows written as:") for line in demo.output), demo.output
     page.goto(demo.url + "/")
     expect(page.locator("#whoami")).to_contain_text("(superuser)")
-    expect(page.locator("#tasks tbody tr[data-task-id]")).to_have_count(18)
-    expect(page.locator('#tasks tr[data-state="finished"]')).to_have_count(16)
-    expect(page.locator('#tasks tr[data-state="failed"]')).to_have_count(2)
+    # 18 tasks of the tour, then the 1.2 workflow: load -> (clean, enrich) -> report ->
+    # archive and a deduplicated refresh; enrich fails and cancels report and archive
+    expect(page.locator("#tasks tbody tr[data-task-id]")).to_have_count(24)
+    expect(page.locator('#tasks tr[data-state="finished"]')).to_have_count(19)
+    expect(page.locator('#tasks tr[data-state="failed"]')).to_have_count(3)
+    expect(page.locator('#tasks tr[data-state="cancelled"]')).to_have_count(2)
     expect(page.locator("#tasks")).to_contain_text("pgbq_demo_user")
-    flaky = page.locator("#failures tbody tr[data-task-id]").first
+    flaky = page.locator("#failures tbody tr[data-task-id]", has_text="no_such_table")
     expect(flaky).to_contain_text("#3 ")  # every attempt of a task that failed three times
     screenshot(page, "web-demo.png")
     assert demo.stop() == 0
