@@ -135,6 +135,13 @@ pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok)
 	cat->owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 
+	/*
+	 * Between installing a new library and ALTER EXTENSION ... UPDATE the
+	 * SQL objects are older than the code: what needs 1.2's columns must
+	 * then behave as before (or not be reachable, like new functions).
+	 */
+	cat->has_workflows = (get_attnum(cat->table_oid, "after") != InvalidAttrNumber);
+
 	nspname = get_namespace_name(cat->nspoid);
 	cat->qualified_schema = pstrdup(quote_identifier(nspname));
 	cat->qualified_table = quote_qualified_identifier(nspname,

@@ -790,7 +790,8 @@ pg_background_cancel(PG_FUNCTION_ARGS)
 										  "'attempt', t.attempts, 'sqlstate', '57014', "
 										  "'message', 'cancelled by pg_background_cancel()', "
 										  "'detail', %s, 'at', now())) "
-										  "WHERE t.id = $1 AND t.state IN ('pending', 'retrying', 'waiting')",
+										  /* as text: 1.1's enum has no 'waiting' */
+										  "WHERE t.id = $1 AND t.state::text IN ('pending', 'retrying', 'waiting')",
 										  quote_literal_cstr(psprintf("cancelled by role %s",
 																	  GetUserNameFromId(GetUserId(), false)))),
 								 id, &running);
@@ -818,6 +819,19 @@ pg_background_retry(PG_FUNCTION_ARGS)
 
 	pgbq_check_preloaded();
 	pgbq_catalog_lookup(&cat, false);
+	if (!cat.has_workflows)
+	{
+		/* 1.1's objects (library updated, ALTER EXTENSION UPDATE not yet) */
+		owner = pgbq_update_own_task(&cat,
+									 "state = 'pending', next_run_at = now(), closed_at = NULL, "
+									 "attempts = 0, retry_count = 0, retry_delay_in_sec = 0 "
+									 "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
+									 id, NULL);
+		if (!OidIsValid(owner))
+			PG_RETURN_BOOL(false);
+		pgbq_remember_work(owner, 1, 0);
+		PG_RETURN_BOOL(true);
+	}
 	pgbq_lock_prerequisites(&cat, id, GetUserId());
 	owner = pgbq_update_own_task(&cat,
 								 psprintf("state = CASE WHEN t.after IS NOT NULL AND EXISTS ("

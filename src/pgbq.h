@@ -233,6 +233,7 @@ typedef struct PgbqCatalog
 	Oid			owner;
 	char	   *qualified_table;	/* quoted schema.pg_background_tasks */
 	char	   *qualified_schema;	/* quoted schema */
+	bool		has_workflows;	/* SQL objects of 1.2 or later (after, dedupe_key) */
 } PgbqCatalog;
 
 extern bool pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok);

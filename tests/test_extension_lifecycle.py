@@ -248,6 +248,28 @@ def test_tasks_queued_under_1_0_run_after_update(make_cluster: MakeCluster) -> N
     assert stats == [{"state": "finished", "tasks": 3}]
 
 
+def test_new_library_with_old_sql_objects_keeps_cancel_and_retry(
+    make_cluster: MakeCluster,
+) -> None:
+    """Between installing a new library and ALTER EXTENSION ... UPDATE the SQL objects are
+    1.1's. Regression: cancel failed with 22P02 (1.1's enum has no 'waiting') and retry with
+    42703 (no column "after") until the update."""
+    node = make_cluster(create_extension=False, extra_conf=CONF)
+    query(node, "CREATE EXTENSION pg_background_queue VERSION '1.1'")
+    far = "2999-01-01 00:00:00+00"
+    tid = int(scalar(node, "SELECT pg_background_enqueue('SELECT 1', run_at => %s)", (far,)))
+    assert scalar(node, "SELECT pg_background_cancel(%s)", (tid,)) is True
+    assert task(node, tid)["state"] == "cancelled"
+    assert scalar(node, "SELECT pg_background_retry(%s)", (tid,)) is True
+    assert task(node, tid)["state"] == "pending"
+    assert scalar(node, "SELECT pg_background_cancel(%s)", (tid,)) is True
+
+    query(node, "ALTER EXTENSION pg_background_queue UPDATE")
+    assert scalar(node, "SELECT pg_background_retry(%s)", (tid,)) is True
+    assert task(node, tid)["state"] == "pending"
+    assert scalar(node, "SELECT pg_background_cancel(%s)", (tid,)) is True
+
+
 def test_create_extension_without_preload_explains_the_fix(make_cluster: MakeCluster) -> None:
     node = make_cluster(preload=False)
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as err:
