@@ -52,6 +52,10 @@ EXPLICIT = {
     "createrole_self_grant": "set, inherit",
     "DateStyle": "SQL, DMY",
     "extension_control_path": "/nonexistent/pgbq-leak:$system",
+    # Debian's own parameter (its packages of 15 and others): extensions' staging directory
+    "extension_destdir": "/nonexistent/pgbq-leak",
+    # 15.20's (a November 2026 security release): the allowed logical decoding plugins
+    "output_plugin_libraries": "pgoutput",
     "default_table_access_method": "leakheap",
     "default_tablespace": "leakspc",
     "default_text_search_config": "pg_catalog.english",
