@@ -153,11 +153,12 @@ class Bench:
         self.conn.execute("CREATE TABLE bench_ceiling (id int PRIMARY KEY, n bigint NOT NULL)")
         self.conn.execute("INSERT INTO bench_ceiling SELECT g, 0 FROM generate_series(1, 10000) g")
         self.conn.execute("VACUUM ANALYZE bench_ceiling")
-        try:  # exact dead-tuple counts; contrib may be missing (the 16/18 wheels lack it)
+        # exact dead-tuple counts; contrib may be missing (the 16/18 wheels lack it)
+        self.pgstattuple = bool(
+            self.scalar("SELECT count(*) FROM pg_available_extensions WHERE name = 'pgstattuple'")
+        )
+        if self.pgstattuple:
             self.conn.execute("CREATE EXTENSION pgstattuple SCHEMA public")
-            self.pgstattuple = True
-        except psycopg.errors.UndefinedFile:
-            self.pgstattuple = False
 
     def close(self) -> None:
         """Close the connection."""
