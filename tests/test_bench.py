@@ -76,12 +76,17 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
     assert "Seq Scan" not in res.claim_plan
 
     peers = res.peers
-    assert peers["ours"] == res.throughput[w]
+    assert peers["workers"] == w
     for name in ("PgQueuer", "procrastinate"):
         assert peers[name].get("throughput", 0) > 0, peers[name]
+        assert peers[name]["ours"] > 0  # our own run, just before the peer's
     for name in ("graphile-worker", "graphile-worker (batched completion)"):
         # optional (npm): measured, or skipped with the reason on its report line
-        assert peers[name].get("throughput", 0) > 0 or "graphile-worker" in peers[name]["skipped"]
+        if "skipped" in peers[name]:
+            assert "graphile-worker" in peers[name]["skipped"] or "node" in peers[name]["skipped"]
+        else:
+            assert peers[name]["throughput"] > 0
+            assert peers[name]["ours"] > 0
         assert re.search(rf"\| {re.escape(name)} \| ", report)
     assert re.search(r"\| >= 2 x PgQueuer \(\d in flight\) \| [0-9.]+ x", report)
 
@@ -106,7 +111,7 @@ def test_selected_regimes_only(tmp_path: Path) -> None:
 
 
 def test_unknown_regime_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ValueError, match="unknown regime.*nope.*choose from durable"):
+    with pytest.raises(ValueError, match=r"unknown regime.*nope.*choose from durable"):
         parse_regimes("held,nope")
     assert parse_regimes("all") == list(REGIMES)
     assert parse_regimes(" sustained , held") == ["held", "sustained"]

@@ -20,7 +20,8 @@ peer's own pool, as our tasks do; throughput is measured up to the last job's ef
   and idle first; the clock starts at the COMMIT that enqueues the jobs (as for our own
   throughput, which starts at the enqueue's commit).
 
-A peer that is not installed is skipped with the reason (and the way to install it).
+A peer that is not installed is skipped with the reason (and the way to install it). Each
+peer runs right after our own run of the same jobs at the same concurrency, its baseline.
 graphile-worker is looked for in ``$PGBQ_NODE_DIR`` (default: ``<venv>/node``), installed
 there with ``npm install --prefix DIR graphile-worker``.
 """
@@ -202,10 +203,8 @@ def _released_processes(
 
 def pgqueuer_throughput(bench: Bench, tasks: int, workers: int, task_sql: str) -> dict[str, Any]:
     """Jobs/s of PgQueuer from the release of its processes to the last job's effect."""
-    try:
-        import pgqueuer
-    except ImportError:
-        return {"skipped": "pgqueuer is not installed (pip install 'pg-background-queue[bench]')"}
+    import pgqueuer
+
     bench.reset()
     asyncio.run(_pgqueuer_enqueue(bench.dsn, tasks))
     rate = _released_processes(bench, _pgqueuer_worker, task_sql, tasks, workers)
@@ -222,12 +221,8 @@ def procrastinate_throughput(
     bench: Bench, tasks: int, workers: int, task_sql: str
 ) -> dict[str, Any]:
     """Jobs/s of procrastinate from the release of its workers to the last job's effect."""
-    try:
-        import procrastinate
-    except ImportError:
-        return {
-            "skipped": "procrastinate is not installed (pip install 'pg-background-queue[bench]')"
-        }
+    import procrastinate
+
     bench.reset()
     asyncio.run(_procrastinate_enqueue(bench.dsn, task_sql, tasks))
     rate = _released_processes(bench, _procrastinate_worker, task_sql, tasks, workers)
@@ -286,13 +281,8 @@ def graphile_throughput(
     """Jobs/s of graphile-worker from the enqueue's commit to the last job's effect."""
     node = shutil.which("node")
     version = graphile_version()
-    if node is None:
-        return {"skipped": "Node.js (node) is not on PATH"}
-    if version is None:
-        return {
-            "skipped": f"graphile-worker is not installed in {node_dir()} "
-            f"(npm install --prefix {node_dir()} graphile-worker, or set PGBQ_NODE_DIR)"
-        }
+    if node is None or version is None:
+        raise RuntimeError(_missing_graphile() or "graphile-worker is missing")
     bench.reset()
     user = bench.scalar("SELECT current_user")
     url = f"postgres://{user}@{bench.node.host}:{bench.node.port}/postgres"
@@ -340,13 +330,38 @@ def graphile_throughput(
     return {"version": version, "config": config, "tasks": tasks, "throughput": tasks / (t1 - t0)}
 
 
-#: peer name -> how to measure it
-PEERS: dict[str, Callable[[Bench, int, int, str], dict[str, Any]]] = {
-    "PgQueuer": pgqueuer_throughput,
-    "procrastinate": procrastinate_throughput,
-    "graphile-worker": lambda b, t, w, s: graphile_throughput(b, t, w, s, batched=False),
-    "graphile-worker (batched completion)": lambda b, t, w, s: graphile_throughput(
-        b, t, w, s, batched=True
+def _missing_module(module: str) -> str | None:
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{module} is not installed (pip install 'pg-background-queue[bench]')"
+    return None
+
+
+def _missing_graphile() -> str | None:
+    if shutil.which("node") is None:
+        return "Node.js (node) is not on PATH"
+    if graphile_version() is None:
+        return (
+            f"graphile-worker is not installed in {node_dir()} "
+            f"(npm install --prefix {node_dir()} graphile-worker, or set PGBQ_NODE_DIR)"
+        )
+    return None
+
+
+#: peer name -> (why it cannot run, or None; how to measure it)
+PEERS: dict[
+    str, tuple[Callable[[], str | None], Callable[[Bench, int, int, str], dict[str, Any]]]
+] = {
+    "PgQueuer": (lambda: _missing_module("pgqueuer"), pgqueuer_throughput),
+    "procrastinate": (lambda: _missing_module("procrastinate"), procrastinate_throughput),
+    "graphile-worker": (
+        _missing_graphile,
+        lambda b, t, w, s: graphile_throughput(b, t, w, s, batched=False),
+    ),
+    "graphile-worker (batched completion)": (
+        _missing_graphile,
+        lambda b, t, w, s: graphile_throughput(b, t, w, s, batched=True),
     ),
 }
 
@@ -358,13 +373,18 @@ def run_peers(
     task_sql: str,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Every peer in turn on ``bench``'s cluster: {name: figures or {"skipped": reason}}."""
+    """Every peer in turn on ``bench``'s cluster, each right after our own run of the same
+    jobs at the same concurrency (its baseline, ``ours``, so both see the same machine load):
+    {name: figures, or {"skipped": reason}}."""
     out: dict[str, Any] = {}
-    for name, measure in PEERS.items():
-        say(f"{name}: {tasks:,} jobs, {workers} in flight")
-        out[name] = measure(bench, tasks, workers, task_sql)
-        if "skipped" in out[name]:
-            say(f"  skipped: {out[name]['skipped']}")
-        else:
-            say(f"  {out[name]['throughput']:,.0f} jobs/s")
+    for name, (missing, measure) in PEERS.items():
+        reason = missing()
+        if reason is not None:
+            say(f"{name}: skipped: {reason}")
+            out[name] = {"skipped": reason}
+            continue
+        say(f"{name}: {tasks:,} jobs, {workers} in flight, after ours")
+        ours = bench.throughput(workers, tasks)
+        out[name] = {**measure(bench, tasks, workers, task_sql), "ours": ours}
+        say(f"  {out[name]['throughput']:,.0f} jobs/s vs ours {ours:,.0f} just before")
     return out

@@ -121,7 +121,8 @@ class Results:
     ``regimes`` holds one entry per regime of issue 15 that ran (``cpu``, ``held``,
     ``sustained``, ``reload``, ``batched``), each with its own figures, the baseline they are
     compared with (measured in the same run) and ``ratio``; ``peers`` one entry per peer queue
-    (``throughput``, or ``skipped`` with the reason) plus ``ours`` and ``workers``.
+    (``throughput`` and ``ours``, our own run just before it, or ``skipped`` with the reason)
+    plus ``workers``.
     """
 
     machine: dict[str, Any] = field(default_factory=dict)
@@ -668,12 +669,6 @@ def run(
                     res.ceiling[w] = bench.ceiling(w, sizes.ceiling_seconds)
                 return res.ceiling[w]
 
-            def durable_ours() -> float:
-                if w not in res.throughput:
-                    say(f"throughput, {w} worker(s): {sizes.tasks:,} tasks")
-                    res.throughput[w] = bench.throughput(w, sizes.tasks)
-                return res.throughput[w]
-
             if "durable" in chosen:
                 for n in sizes.workers:
                     say(f"pgbench ceiling, {n} client(s)")
@@ -723,9 +718,7 @@ def run(
                 say("worker memory and log volume")
                 res.rss_kb, res.log_bytes_per_task = bench.memory(*sizes.rss_tasks)
             if "peers" in chosen:
-                ours = durable_ours()
                 res.peers = run_peers(bench, sizes.competitor_tasks, w, TASK_SQL, say)
-                res.peers["ours"] = ours
                 res.peers["workers"] = w
         finally:
             bench.close()
