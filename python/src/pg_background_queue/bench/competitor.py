@@ -20,6 +20,9 @@ peer's own pool, as our tasks do; throughput is measured up to the last job's ef
   and idle first; the clock starts at the COMMIT that enqueues the jobs (as for our own
   throughput, which starts at the enqueue's commit).
 
+Beside the rate, the WAL each side wrote per job (enqueue, run, completion, and the
+peer's schema setup on its first run; the report says so).
+
 A peer that is not installed is skipped with the reason (and the way to install it). Each
 peer runs right after our own run of the same jobs at the same concurrency, its baseline.
 graphile-worker is looked for in ``$PGBQ_NODE_DIR`` (default: ``<venv>/node``), installed
@@ -29,6 +32,7 @@ there with ``npm install --prefix DIR graphile-worker``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -384,7 +388,15 @@ def run_peers(
             out[name] = {"skipped": reason}
             continue
         say(f"{name}: {tasks:,} jobs, {workers} in flight, after ours")
+        lsn = [bench.scalar("SELECT pg_current_wal_lsn()::text")]
         ours = bench.throughput(workers, tasks)
-        out[name] = {**measure(bench, tasks, workers, task_sql), "ours": ours}
-        say(f"  {out[name]['throughput']:,.0f} jobs/s vs ours {ours:,.0f} just before")
+        lsn.append(bench.scalar("SELECT pg_current_wal_lsn()::text"))
+        figures = measure(bench, tasks, workers, task_sql)
+        lsn.append(bench.scalar("SELECT pg_current_wal_lsn()::text"))
+        wal = [
+            float(bench.scalar("SELECT pg_wal_lsn_diff(%s, %s)", (b, a))) / tasks
+            for a, b in itertools.pairwise(lsn)
+        ]
+        out[name] = {**figures, "ours": ours, "ours_wal_per_job": wal[0], "wal_per_job": wal[1]}
+        say(f"  {figures['throughput']:,.0f} jobs/s vs ours {ours:,.0f} just before")
     return out

@@ -374,18 +374,23 @@ def peers_section(res: Results) -> list[str]:
         "many jobs), so a crash between the two runs the job again; our tasks commit their",
         "effect and their `finished` mark together.",
         "",
-        "| queue | version | configuration | jobs/s | ours just before | us / peer |",
-        "|---|---|---|---:|---:|---:|",
+        "WAL bytes per job count everything written from the enqueue to the last job's",
+        "effect (the peer's schema setup too, on its first run).",
+        "",
+        "| queue | version | configuration | jobs/s | ours just before | us / peer "
+        "| WAL B/job, peer | WAL B/task, ours |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, p in res.peers.items():
         if not isinstance(p, dict):
             continue
         if "skipped" in p:
-            out.append(f"| {name} | | skipped: {p['skipped']} | | | |")
+            out.append(f"| {name} | | skipped: {p['skipped']} | | | | | |")
         else:
             out.append(
                 f"| {name} | {p['version']} | {p['config']} | {p['throughput']:,.0f} "
-                f"| {p['ours']:,.0f} | {p['ours'] / p['throughput']:.2f} |"
+                f"| {p['ours']:,.0f} | {p['ours'] / p['throughput']:.2f} "
+                f"| {p['wal_per_job']:,.0f} | {p['ours_wal_per_job']:,.0f} |"
             )
     return [*out, ""]
 
@@ -401,7 +406,10 @@ def markdown(res: Results, sizes: Sizes) -> str:
         "",
         f"Machine: {res.machine.get('cpus')} CPUs, {res.machine.get('platform')}; "
         f"{str(res.machine.get('postgres', '')).split(' on ')[0]}. Run time {res.seconds:.0f} s. "
-        f"Regimes: {', '.join(res.regimes_run)}.",
+        f"Regimes: {', '.join(res.regimes_run)}. Load average (1 min) at the start and "
+        f"the end: {res.machine.get('load_start', 0):.2f} and {res.machine.get('load_end', 0):.2f} "
+        f"on {res.machine.get('cpus')} CPUs (other work on the machine makes every figure "
+        "noisy; compare ratios across repeated runs).",
         "",
         "## Summary",
         "",

@@ -586,10 +586,12 @@ def _machine(node: Any, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "python": platform.python_version(),
         "postgres": row[0] if row else "",
         "settings": {k: str(v) for k, v in BENCH_CONF.items()},
+        "load_start": os.getloadavg()[0],
     }
 
 
 def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind (so the cluster is removed) and exit 128 + signal."""
     raise SystemExit(128 + signum)
 
 
@@ -723,6 +725,7 @@ def run(
         finally:
             bench.close()
     res.seconds = time.monotonic() - started
+    res.machine["load_end"] = os.getloadavg()[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(asdict(res), indent=2, default=str))
     report.write(res, sizes, out_dir)
