@@ -19,7 +19,8 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
     res = run(quick, tmp_path, progress=False)
     report = (tmp_path / "BENCHMARKS.md").read_text()
     for heading in (
-        "## Summary", "## Throughput", "## CPU-bound", "## Held snapshot", "## Sustained",
+        "## Summary", "## Throughput", "## Durable at 2 workers", "## CPU-bound",
+        "## Held snapshot", "## Sustained",
         "## Worker count changed by reload", "## Pickup latency", "## Batched commits",
         "## Enqueue rate", "## Backlog scaling", "## Memory and log volume", "## Peers",
     ):  # fmt: skip
@@ -29,10 +30,17 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
     assert all(v > 0 for v in [*res.throughput.values(), *res.ceiling.values()])
     w = quick.regime_workers
 
+    durable = res.regimes["durable"]  # quick: one round, the sweep's own figures at w
+    assert durable["rounds"] == [[res.throughput[w], res.ceiling[w]]]
+    assert durable["ratio"] == res.throughput[w] / res.ceiling[w]
+
     cpu = res.regimes["cpu"]
+    assert len(cpu["rounds"]) == quick.rounds
     assert cpu["ours"] > 0
     assert cpu["ceiling"] > 0
-    assert re.search(r"\| CPU-bound .* \| [0-9.]+ x \([0-9,]+ vs [0-9,]+ tps\)", report)
+    assert cpu["min"] <= cpu["ratio"] <= cpu["max"]
+    for label in ("durable", "CPU-bound"):
+        assert re.search(rf"\| {label}.* \| [0-9.]+ x \([0-9,]+ tasks/s vs [0-9,]+ tps\)", report)
 
     held = res.regimes["held"]
     assert held["free"] > 0
@@ -101,17 +109,18 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
 
 
 def test_selected_regimes_only(tmp_path: Path) -> None:
-    res = run(Sizes.quick(), tmp_path, progress=False, regimes=parse_regimes("batched,held"))
-    assert res.regimes_run == ["held", "batched"]
-    assert set(res.regimes) == {"held", "batched"}
+    res = run(Sizes.quick(), tmp_path, progress=False, regimes=parse_regimes("batched,latency"))
+    assert res.regimes_run == ["latency", "batched"]
+    assert set(res.regimes) == {"batched"}
+    assert res.latency_ms["p50"] > 0
     # batched compares with the durable ceiling, measured for it even without `durable`
     assert set(res.ceiling) == {Sizes.quick().regime_workers}
     assert res.throughput == {}
     assert not res.peers
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "## Held snapshot" in report
+    assert "## Pickup latency" in report
     assert "Not run (regime `durable` not selected)" in report
-    assert "## Sustained" not in report
+    assert "## Held snapshot" not in report
 
 
 def test_unknown_regime_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -92,12 +92,14 @@ class Sizes:
     reload_tasks: int = 20_000
     #: how long to wait for autovacuum after the held snapshot is released (then VACUUM)
     autovacuum_wait: float = 150.0
+    #: interleaved rounds (ceiling, then ours) of the durable and CPU-bound ratios
+    rounds: int = 3
 
     @classmethod
     def quick(cls) -> Sizes:
         """Tiny sizes: checks that every measurement runs, in well under a minute."""
         return cls(
-            workers=(1, 2),
+            workers=(2,),
             regime_workers=2,
             tasks=300,
             ceiling_seconds=1.0,
@@ -109,8 +111,9 @@ class Sizes:
             competitor_tasks=300,
             held_tasks=400,
             sustained_tasks=300,
-            reload_tasks=400,
+            reload_tasks=200,
             autovacuum_wait=0.0,
+            rounds=1,
         )
 
 
@@ -118,7 +121,7 @@ class Sizes:
 class Results:
     """Every figure of one run (written to JSON and rendered to BENCHMARKS.md).
 
-    ``regimes`` holds one entry per regime of issue 15 that ran (``cpu``, ``held``,
+    ``regimes`` holds one entry per regime of issue 15 that ran (``durable``, ``cpu``, ``held``,
     ``sustained``, ``reload``, ``batched``), each with its own figures, the baseline they are
     compared with (measured in the same run) and ``ratio``; ``peers`` one entry per peer queue
     (``throughput`` and ``ours``, our own run just before it, or ``skipped`` with the reason)
@@ -408,18 +411,22 @@ class Bench:
         assert row is not None
         return int(row[0]) / q, int(row[1]) / q
 
-    def cpu_bound(self, workers: int, tasks: int, seconds: float) -> dict[str, Any]:
+    def rounds(self, workers: int, tasks: int, seconds: float, rounds: int) -> dict[str, Any]:
+        """``rounds`` interleaved pairs (pgbench ceiling, then our throughput) at ``workers``;
+        the ratio is the median of the rounds' ratios (load elsewhere moves both sides)."""
+        pairs: list[tuple[float, float]] = []
+        for _ in range(rounds):
+            ceiling = self.ceiling(workers, seconds)
+            pairs.append((self.throughput(workers, tasks), ceiling))
+        return _rounds_summary(workers, tasks, pairs)
+
+    def cpu_bound(self, workers: int, tasks: int, seconds: float, rounds: int) -> dict[str, Any]:
         """Throughput and pgbench ceiling with ``synchronous_commit = off`` on both sides."""
         self.set_conf("synchronous_commit", "off")
         try:
-            ceiling = self.ceiling(workers, seconds)
-            ours = self.throughput(workers, tasks)
+            return self.rounds(workers, tasks, seconds, rounds)
         finally:
             self.set_conf("synchronous_commit", "on")
-        return {
-            "workers": workers, "tasks": tasks, "ours": ours, "ceiling": ceiling,
-            "ratio": ours / ceiling,
-        }  # fmt: skip
 
     def held(self, workers: int, tasks: int, autovacuum_wait: float) -> dict[str, Any]:
         """Throughput while another session holds a REPEATABLE READ snapshot for the whole
@@ -568,6 +575,17 @@ class Bench:
         return rss, per_task
 
 
+def _rounds_summary(workers: int, tasks: int, pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Rounds of (ours, ceiling): medians, the median ratio and the ratios' range."""
+    ratios = sorted(ours / ceiling for ours, ceiling in pairs)
+    return {
+        "workers": workers, "tasks": tasks, "rounds": [list(p) for p in pairs],
+        "ours": statistics.median(p[0] for p in pairs),
+        "ceiling": statistics.median(p[1] for p in pairs),
+        "ratio": statistics.median(ratios), "min": ratios[0], "max": ratios[-1],
+    }  # fmt: skip
+
+
 def _rss_kb(pid: int) -> dict[str, int]:
     """VmRSS and its parts: private memory (RssAnon) and shared buffers touched (RssShmem)."""
     fields = {}
@@ -612,9 +630,12 @@ def _node() -> Iterator[Any]:
 
 
 def _step(label: str, progress: bool) -> Callable[[str], None]:
+    """A printer of progress lines, each with the time since the run started."""
+    start = time.monotonic()
+
     def say(text: str) -> None:
         if progress:
-            tqdm.write(f"[{label}] {text}")
+            tqdm.write(f"[{label} {time.monotonic() - start:6.1f} s] {text}")
 
     return say
 
@@ -678,10 +699,21 @@ def run(
                     say(f"throughput, {n} worker(s): {sizes.tasks:,} tasks")
                     res.throughput[n] = bench.throughput(n, sizes.tasks)
                     say(f"  {res.throughput[n]:,.0f} tasks/s vs ceiling {res.ceiling[n]:,.0f}/s")
+                pairs = [(res.throughput[w], res.ceiling[w])]
+                if sizes.rounds > 1:
+                    say(f"durable: {sizes.rounds - 1} more round(s) at {w}")
+                    more = bench.rounds(w, sizes.tasks, sizes.ceiling_seconds, sizes.rounds - 1)
+                    pairs += [(a, b) for a, b in more["rounds"]]
+                res.regimes["durable"] = _rounds_summary(w, sizes.tasks, pairs)
+                d = res.regimes["durable"]
+                say(f"  {d['ratio']:.2f} x the ceiling (rounds {d['min']:.2f}-{d['max']:.2f})")
             if "cpu" in chosen:
                 say("CPU-bound: synchronous_commit = off on both sides")
-                res.regimes["cpu"] = bench.cpu_bound(w, sizes.tasks, sizes.ceiling_seconds)
-                say(f"  {res.regimes['cpu']['ratio']:.2f} x the ceiling")
+                res.regimes["cpu"] = bench.cpu_bound(
+                    w, sizes.tasks, sizes.ceiling_seconds, sizes.rounds
+                )
+                c = res.regimes["cpu"]
+                say(f"  {c['ratio']:.2f} x the ceiling (rounds {c['min']:.2f}-{c['max']:.2f})")
             if "held" in chosen:
                 say(f"held snapshot: {sizes.held_tasks:,} tasks, with and without")
                 res.regimes["held"] = bench.held(w, sizes.held_tasks, sizes.autovacuum_wait)
