@@ -1,5 +1,5 @@
-"""`pgbq bench --quick`: every measurement runs and the report is complete (figures are
-reported, never asserted: the full-size run is `pgbq bench`)."""
+"""`pgbq bench --quick`: every regime runs and the report shows each figure beside its
+same-run baseline (figures are reported, never asserted: the full-size run is `pgbq bench`)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,124 @@ from pathlib import Path
 
 import pytest
 
-from pg_background_queue.bench import Sizes, run
+from pg_background_queue.bench import REGIMES, Sizes, parse_regimes, run
+from pg_background_queue.cli import main
 
 
 def test_quick_bench_writes_report(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    res = run(Sizes.quick(), tmp_path, progress=False)
+    quick = Sizes.quick()
+    res = run(quick, tmp_path, progress=False)
     report = (tmp_path / "BENCHMARKS.md").read_text()
     for heading in (
-        "## Summary", "## Throughput", "## Pickup latency", "## Enqueue rate",
-        "## Backlog scaling", "## Memory and log volume",
+        "## Summary", "## Throughput", "## Durable at 2 workers", "## CPU-bound",
+        "## Held snapshot", "## Sustained",
+        "## Worker count changed by reload", "## Pickup latency", "## Batched commits",
+        "## Enqueue rate", "## Backlog scaling", "## Memory and log volume", "## Peers",
     ):  # fmt: skip
-        assert heading in report
-    assert set(res.throughput) == set(res.ceiling) == set(Sizes.quick().workers)
+        assert heading in report, heading
+    assert res.regimes_run == list(REGIMES)
+    assert set(res.throughput) == set(res.ceiling) == set(quick.workers)
     assert all(v > 0 for v in [*res.throughput.values(), *res.ceiling.values()])
-    assert set(res.latency_ms) == {"p50", "p95", "p99", "max", "mean"}
-    assert set(res.backlog) == set(Sizes.quick().backlogs)
+    w = quick.regime_workers
+
+    durable = res.regimes["durable"]  # quick: one round, the sweep's own figures at w
+    assert durable["rounds"] == [[res.throughput[w], res.ceiling[w]]]
+    assert durable["ratio"] == res.throughput[w] / res.ceiling[w]
+
+    cpu = res.regimes["cpu"]
+    assert len(cpu["rounds"]) == quick.rounds
+    assert cpu["ours"] > 0
+    assert cpu["ceiling"] > 0
+    assert cpu["min"] <= cpu["ratio"] <= cpu["max"]
+    for label in ("durable", "CPU-bound"):
+        assert re.search(rf"\| {label}.* \| [0-9.]+ x \([0-9,]+ tasks/s vs [0-9,]+ tps\)", report)
+
+    held = res.regimes["held"]
+    assert held["free"] > 0
+    assert held["ours"] > 0
+    assert held["last_quarter"] > 0  # the last task finishes in it
+    if held["first_quarter"]:  # 0 only if starting the pool took a quarter of the run
+        assert held["flatness"] == pytest.approx(held["last_quarter"] / held["first_quarter"])
+    # the queue table is measured during and after; after the VACUUM no dead tuple is left
+    assert held["sizes_during"]["pg_background_tasks"]["heap"] > 0
+    assert held["sizes_after"]["pg_background_tasks"]["dead"] == 0
+    assert held["vacuumed_by"] == "manual VACUUM"  # quick: no wait for autovacuum
+    assert "snapshot still held" in report
+
+    sustained = res.regimes["sustained"]
+    assert len(sustained["runs"]) == 3
+    assert all(v > 0 for v in sustained["runs"])
+    assert sustained["ratio"] == sustained["runs"][2] / sustained["runs"][0]
+
+    reload = res.regimes["reload"]
+    assert set(reload) == {f"{w}->{w // 2}", f"{w // 2}->{w}"}
+    for change in reload.values():
+        assert change["tasks_after_reload"] > 0
+        assert change["fresh"] > 0
+    assert re.search(rf"\| reload {w}->{w // 2} workers: .* \| [0-9.]+ x", report)
+
+    lat = res.latency_ms
+    assert lat["commit_p50"] > 0
+    assert lat["p50_above_commit"] == pytest.approx(lat["p50"] - lat["commit_p50"])
+    assert "above the enqueuing COMMIT's own p50" in report
+
+    batched = res.regimes["batched"]
+    if batched["supported"]:
+        assert batched["ours"] > 0
+        assert batched["ratio"] == batched["ours"] / res.ceiling[w]
+    else:  # the build rejects the key at SET time: reported, the run goes on
+        assert "tasks_per_commit" in batched["reason"]
+        assert "not supported: the extension rejects the key" in report
+
+    assert set(res.backlog) == set(quick.backlogs)
     # the claim is an index scan of the claim index: no sort, no sequential scan
     assert "Index Scan using pg_background_tasks_claim_idx" in res.claim_plan
     assert "Sort" not in res.claim_plan
     assert "Seq Scan" not in res.claim_plan
-    assert res.competitor.get("throughput", 0) > 0, res.competitor
-    assert re.search(r"\| >= 2 x PgQueuer \(\d workers\) \| [0-9.]+ x", report)
+
+    peers = res.peers
+    assert peers["workers"] == w
+    for name in ("PgQueuer", "procrastinate"):
+        assert peers[name].get("throughput", 0) > 0, peers[name]
+        assert peers[name]["ours"] > 0  # our own run, just before the peer's
+        assert peers[name]["wal_per_job"] > 0
+        assert peers[name]["ours_wal_per_job"] > 0
+    for name in ("graphile-worker", "graphile-worker (batched completion)"):
+        # optional (npm): measured, or skipped with the reason on its report line
+        if "skipped" in peers[name]:
+            assert "graphile-worker" in peers[name]["skipped"] or "node" in peers[name]["skipped"]
+        else:
+            assert peers[name]["throughput"] > 0
+            assert peers[name]["ours"] > 0
+        assert re.search(rf"\| {re.escape(name)} \| ", report)
+    assert re.search(r"\| >= 2 x PgQueuer \(\d in flight\) \| [0-9.]+ x", report)
+
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["log_bytes_per_task"] == res.log_bytes_per_task
+    assert saved["regimes"]["sustained"]["runs"] == sustained["runs"]
+
+
+def test_selected_regimes_only(tmp_path: Path) -> None:
+    res = run(Sizes.quick(), tmp_path, progress=False, regimes=parse_regimes("batched,latency"))
+    assert res.regimes_run == ["latency", "batched"]
+    assert set(res.regimes) == {"batched"}
+    assert res.latency_ms["p50"] > 0
+    # batched compares with the durable ceiling, measured for it even without `durable`
+    assert set(res.ceiling) == {Sizes.quick().regime_workers}
+    assert res.throughput == {}
+    assert not res.peers
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Pickup latency" in report
+    assert "Not run (regime `durable` not selected)" in report
+    assert "## Held snapshot" not in report
+
+
+def test_unknown_regime_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match=r"unknown regime.*nope.*choose from durable"):
+        parse_regimes("held,nope")
+    assert parse_regimes("all") == list(REGIMES)
+    assert parse_regimes(" sustained , held") == ["held", "sustained"]
+    assert main(["bench", "--quick", "--regime", "held,nope"]) == 1
+    assert "unknown regime(s) nope" in capsys.readouterr().err

@@ -455,12 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="benchmark suite on a throwaway cluster (writes BENCHMARKS.md, bench.png)",
-        description="Measure throughput, latency, enqueue rate, backlog scaling, memory and "
-        "PgQueuer on one throwaway cluster; every figure next to a same-run baseline.",
+        description="Measure the throughput regimes (durable, CPU-bound, held snapshot, "
+        "sustained, reload, batched), pickup latency, enqueue rate, backlog scaling, memory and "
+        "peer queues (PgQueuer, procrastinate, graphile-worker) on one throwaway cluster; "
+        "every figure next to a same-run baseline.",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--output", default=".", metavar="DIR", help="where to write the report")
-    p.add_argument("--no-competitor", action="store_true", help="skip PgQueuer")
+    p.add_argument(
+        "--regime",
+        default="all",
+        metavar="LIST",
+        help="comma-separated regimes to run (default all): durable, cpu, held, sustained, "
+        "reload, latency, batched, enqueue, backlog, memory, peers",
+    )
+    p.add_argument("--no-competitor", action="store_true", help="skip the peers (PgQueuer, ...)")
     _add_server_option(p)
     return parser
 
@@ -504,7 +513,8 @@ def _bench(args: argparse.Namespace) -> int:
     sizes = bench.Sizes.quick() if args.quick else bench.Sizes()
     out = Path(args.output)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    bench.run(sizes, out, progress=progress, competitor=not args.no_competitor)
+    regimes = bench.parse_regimes(args.regime)
+    bench.run(sizes, out, progress=progress, competitor=not args.no_competitor, regimes=regimes)
     print((out / "BENCHMARKS.md").read_text())
     return 0
 

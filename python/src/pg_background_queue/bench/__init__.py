@@ -6,6 +6,6 @@ ceiling of one durable single-row UPDATE per transaction, the smallest backlog, 
 sample, and PgQueuer executing the same SQL at the same concurrency.
 """
 
-from pg_background_queue.bench.runner import Sizes, run
+from pg_background_queue.bench.runner import REGIMES, Sizes, parse_regimes, run
 
-__all__ = ["Sizes", "run"]
+__all__ = ["REGIMES", "Sizes", "parse_regimes", "run"]
