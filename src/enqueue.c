@@ -71,7 +71,7 @@ static Oid	pgbq_plan_table = InvalidOid;
  * pgbq_check_preloaded
  *		Every entry point first checks that the library was preloaded.
  */
-static void
+void
 pgbq_check_preloaded(void)
 {
 	if (pgbq_shared == NULL)
@@ -263,11 +263,12 @@ pgbq_validate_sql(const char *sql, int element)
 }
 
 /*
- * pgbq_validate_topic
- *		Reject empty, overlong and (with strict_topics) unconfigured topics.
+ * pgbq_check_topic_name
+ *		Reject empty and overlong topic names (NULL, the default topic, is
+ *		fine).  Shared by enqueue and pause/resume.
  */
-static void
-pgbq_validate_topic(const char *topic)
+void
+pgbq_check_topic_name(const char *topic)
 {
 	if (topic == NULL)
 		return;
@@ -281,7 +282,17 @@ pgbq_validate_topic(const char *topic)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("topic name is too long"),
 				 errdetail("Topic names are limited to %d bytes.", PGBQ_TOPIC_MAXLEN)));
-	if (pgbq_strict_topics && !pgbq_topic_configured(topic))
+}
+
+/*
+ * pgbq_validate_topic
+ *		Reject empty, overlong and (with strict_topics) unconfigured topics.
+ */
+static void
+pgbq_validate_topic(const char *topic)
+{
+	pgbq_check_topic_name(topic);
+	if (topic != NULL && pgbq_strict_topics && !pgbq_topic_configured(topic))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("topic \"%s\" is not configured", topic),

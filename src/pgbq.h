@@ -237,6 +237,10 @@ typedef struct PgbqCatalog
 } PgbqCatalog;
 
 extern bool pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok);
+
+/* enqueue.c: checks shared by the SQL entry points */
+extern void pgbq_check_preloaded(void);
+extern void pgbq_check_topic_name(const char *topic);
 extern int	pgbq_begin_privileged(Oid owner, Oid *save_userid,
 								  int *save_sec_context);
 extern void pgbq_end_privileged(int nestlevel, Oid save_userid,

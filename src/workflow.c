@@ -228,24 +228,12 @@ pgbq_paused_topic_arg(FunctionCallInfo fcinfo)
 {
 	char	   *topic;
 
-	if (pgbq_shared == NULL || pgbq_paused == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("pg_background_queue must be loaded via shared_preload_libraries"),
-				 errhint("Add shared_preload_libraries = 'pg_background_queue' to postgresql.conf and restart the server.")));
+	pgbq_check_preloaded();
+	Assert(pgbq_paused != NULL);	/* set up with the rest of shared memory */
 	if (PG_ARGISNULL(0))
 		return NULL;
 	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (topic[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("topic must not be an empty string"),
-				 errhint("Pass NULL for the default topic.")));
-	if (strlen(topic) > PGBQ_TOPIC_MAXLEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("topic name is too long"),
-				 errdetail("Topic names are limited to %d bytes.", PGBQ_TOPIC_MAXLEN)));
+	pgbq_check_topic_name(topic);
 	return topic;
 }
 
