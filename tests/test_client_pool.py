@@ -102,21 +102,29 @@ def test_pool_client_survives_restart(make_cluster: Any) -> None:
         assert client.get(task_id).id == task_id
 
 
+def _wait_in_thread(
+    client: Client, task_id: int
+) -> tuple[threading.Thread, list[list[Task]], list[Exception]]:
+    """Start client.wait([task_id]) in a thread; its result or error lands in the lists."""
+    results: list[list[Task]] = []
+    errors: list[Exception] = []
+
+    def wait() -> None:
+        try:
+            results.append(client.wait([task_id], timeout=WAIT))
+        except Exception as exc:  # reported by the main thread
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    return waiter, results, errors
+
+
 def test_wait_resumes_after_restart(make_cluster: Any) -> None:
     node = make_cluster()
     with Client(conninfo(node), poll_interval=0.2) as client:
         task_id = client.enqueue("SELECT pg_sleep(1)")
-        results: list[list[Task]] = []
-        errors: list[Exception] = []
-
-        def wait() -> None:
-            try:
-                results.append(client.wait([task_id], timeout=WAIT))
-            except Exception as exc:  # reported by the main thread
-                errors.append(exc)
-
-        waiter = threading.Thread(target=wait)
-        waiter.start()
+        waiter, results, errors = _wait_in_thread(client, task_id)
         poll_until(lambda: state_of(node, task_id) == "running", timeout=WAIT)
         node.restart()  # interrupts the task (no attempt burnt) and the wait's connection
         waiter.join(WAIT + 30)
@@ -161,17 +169,7 @@ def test_wait_rides_out_an_outage(make_cluster: Any) -> None:
     node = make_cluster()
     with Client(conninfo(node), poll_interval=0.2) as client:
         task_id = client.enqueue("SELECT pg_sleep(1)")
-        results: list[list[Task]] = []
-        errors: list[Exception] = []
-
-        def wait() -> None:
-            try:
-                results.append(client.wait([task_id], timeout=WAIT))
-            except Exception as exc:  # reported by the main thread
-                errors.append(exc)
-
-        waiter = threading.Thread(target=wait)
-        waiter.start()
+        waiter, results, errors = _wait_in_thread(client, task_id)
         poll_until(lambda: state_of(node, task_id) == "running", timeout=WAIT)
         node.stop()
         # down for a while: the waiter's reconnects (every 0.25 s) fail meanwhile
