@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from core_helpers import make_role, query, scalar
+from pg_background_queue._pgconfig import pg_config_path, pg_config_value
 from pg_background_queue.cli import main
 from pg_background_queue.testing.cluster import conninfo, poll_until
 
@@ -238,6 +239,21 @@ def test_usage_errors_exit_2() -> None:
         assert done.returncode == 2, argv
         assert "usage: pgbq" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_demo_and_bench_take_the_server_choice() -> None:
+    """--pg-config picks the installation of the throwaway cluster, whatever PG_CONFIG says."""
+    chosen = pg_config_path()
+    done = pgbq(
+        "demo", "--pg-config", chosen, "--timeout", "90", PG_CONFIG="/nonexistent/pg_config"
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Creating a throwaway {pg_config_value('--version', chosen)} cluster" in done.stdout
+    for command in (["demo"], ["bench", "--quick"]):
+        bad = pgbq(*command, "--pg-config", "/nonexistent/pg_config")
+        assert bad.returncode == 1, command
+        assert "--pg-config /nonexistent/pg_config: no such file" in bad.stderr
+        assert "Traceback" not in bad.stderr
 
 
 def test_demo_on_a_throwaway_cluster() -> None:
