@@ -67,15 +67,20 @@ SET ROLE pgbq_upgrade_user11;
 SELECT pg_background_enqueue('SELECT 11', 'upgrade11') AS queued_id11 \gset
 RESET ROLE;
 
+ALTER EXTENSION pg_background_queue UPDATE TO '1.2';
+SET ROLE pgbq_upgrade_user11;
+SELECT pg_background_enqueue('SELECT 12', 'upgrade11', dedupe_key => 'k12') AS queued_id12 \gset
+RESET ROLE;
+
 ALTER EXTENSION pg_background_queue UPDATE;
 SELECT extversion, (SELECT default_version FROM pg_available_extensions
 					 WHERE name = 'pg_background_queue') = extversion AS is_default
   FROM pg_extension WHERE extname = 'pg_background_queue';
 
--- work queued under 1.0 and 1.1 is intact, and the roles granted under 1.0
+-- work queued under 1.0, 1.1 and 1.2 is intact, and the roles granted under 1.0
 -- and 1.1 read every view (the 1.2 topics view calls functions revoked from
 -- PUBLIC in 1.2)
-SELECT id IN (:queued_id, :queued_id11) AS same_task, state, topic, owner
+SELECT id IN (:queued_id, :queued_id11, :queued_id12) AS same_task, state, topic, owner
   FROM pg_background_tasks ORDER BY id;
 SET ROLE pgbq_upgrade_user;
 SELECT topic, state, tasks, attempts, oldest_age >= '0' AS has_age, p50_run_seconds
