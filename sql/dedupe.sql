@@ -1,14 +1,7 @@
 -- Dedupe keys: scoped to (owner, topic, key) while the task is queued; bad
 -- keys rejected with 22023/2202E; other roles' keys never collide.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-GRANT EXECUTE ON FUNCTION pg_temp.try(text) TO PUBLIC;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/include/try.sql
 CREATE ROLE pgbq_dd_a LOGIN;
 CREATE ROLE pgbq_dd_b LOGIN;
 SELECT pg_background_queue_grant_usage('pgbq_dd_a');

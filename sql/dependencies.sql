@@ -3,15 +3,8 @@
 -- (transitively) in the same transaction.  No worker runs in this suite, so
 -- the tests end prerequisites by hand (as the workers' bookkeeping does,
 -- with UPDATEs of the state as the table owner) and by pg_background_cancel.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-GRANT EXECUTE ON FUNCTION pg_temp.try(text) TO PUBLIC;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/include/try.sql
 CREATE ROLE pgbq_dep_a LOGIN;
 CREATE ROLE pgbq_dep_b LOGIN;
 SELECT pg_background_queue_grant_usage('pgbq_dep_a');

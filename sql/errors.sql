@@ -1,12 +1,6 @@
 -- Bad input: each case is a clear error with a proper SQLSTATE, and nothing is enqueued.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/include/try.sql
 
 SELECT count(*) AS before FROM pg_background_tasks \gset
 

@@ -1,15 +1,8 @@
 -- Pause and resume a topic: administration only, idempotent, listed in the
 -- topics view, validated like enqueue's topic, bounded.  (Execution is
 -- tested on real clusters by tests/test_workflows.py.)
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-GRANT EXECUTE ON FUNCTION pg_temp.try(text) TO PUBLIC;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/include/try.sql
 CREATE ROLE pgbq_pause_user LOGIN;
 SELECT pg_background_queue_grant_usage('pgbq_pause_user');
 

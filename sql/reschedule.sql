@@ -1,14 +1,7 @@
 -- Reschedule: change the priority and/or start time of your own pending,
 -- retrying or waiting task; false for anything else; validated as enqueue.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-GRANT EXECUTE ON FUNCTION pg_temp.try(text) TO PUBLIC;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/include/try.sql
 SET timezone = 'UTC';
 CREATE ROLE pgbq_rs_a LOGIN;
 CREATE ROLE pgbq_rs_b LOGIN;

@@ -4,15 +4,8 @@
 -- view, role A runs  SELECT count(*) FROM view WHERE pg_temp.leak(col::text)
 -- and the function records each value it was called with; it must have been
 -- called exactly once per row A can see, and never with B's markers.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-GRANT EXECUTE ON FUNCTION pg_temp.try(text) TO PUBLIC;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/include/try.sql
 
 CREATE ROLE pgbq_leak_a LOGIN;
 CREATE ROLE pgbq_leak_b LOGIN;
