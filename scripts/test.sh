@@ -27,7 +27,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 source "${REPO}/scripts/lib.sh"
 
-MESON=0 KEEP=0
+MESON=0 KEEP=0 PGBQ_VERSION_INDEPENDENT_DONE=
 VERSIONS=$(parse_pg_versions "${PGBQ_PG_VERSIONS}")
 [[ ${CI:-} == true ]] && MESON=1
 while [[ $# -gt 0 ]]; do
@@ -172,6 +172,7 @@ run_pytest() {  # run_pytest V [pytest arguments]: PG_CONFIG picks the server un
 	# that need them instead of skipping them (bootstrap installed them)
 	pg_in "${dir}" PG_CONFIG="$(pg_config_for "${v}")" PGBQ_REQUIRE_STACK=1 \
 		PGBQ_TEST_DRIVERS="$(test_drivers_for "${v}")" \
+		${PGBQ_VERSION_INDEPENDENT_DONE:+PGBQ_VERSION_INDEPENDENT_DONE="${PGBQ_VERSION_INDEPENDENT_DONE}"} \
 		"${PGBQ_VENV}/bin/pytest" -q -p no:cacheprovider "${@:-tests/}" 2>&1 |
 		tee "$(pytest_log "pg${v}")"
 	rc=${PIPESTATUS[0]}
@@ -220,6 +221,9 @@ fi
 for v in ${VERSIONS}; do
 	stage "installcheck-pg${v}" installcheck "${v}"
 	stage "pytest-pg${v}" run_pytest "${v}"
+	# tests of the Python package alone (marker version_independent) ran with the first
+	# server; the later stages skip them, saying so
+	PGBQ_VERSION_INDEPENDENT_DONE=${PGBQ_VERSION_INDEPENDENT_DONE:-"PostgreSQL ${v}"}
 done
 if [[ ${VERSIONS} == "${PGBQ_ALL_PG_VERSIONS}" ]]; then
 	stage upgrade-15-16-18 run_upgrade

@@ -19,6 +19,9 @@ import pytest
 
 from pg_background_queue.testing import repo_root
 
+# the benchmark tool and the packages are the same whatever the server: once per matrix run
+pytestmark = pytest.mark.version_independent
+
 #: What the base package may pull in (the distribution itself, psycopg, tqdm, and their own
 #: small dependencies), plus what every new venv has.
 ALLOWED_BASE = {

@@ -47,6 +47,7 @@ UI_TIMEOUT_MS = 30_000  # the machine is shared: generous, and every wait is a p
 STARTUP_TIMEOUT_S = 300  # pgbq demo --web runs the demo first
 
 pytestmark = [
+    pytest.mark.version_independent,
     pytest.mark.pgbq_node(
         extra_conf={
             "pg_background_queue.max_parallel_running_tasks_count": 4,

@@ -42,7 +42,8 @@ MakeCluster = Callable[..., Any]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``pgbq_node``, ``pg_cron`` and ``pg_min_version`` markers."""
+    """Register the ``pgbq_node``, ``pg_cron``, ``pg_min_version`` and ``version_independent``
+    markers."""
     config.addinivalue_line(
         "markers", f"{MARKER}(**kwargs): make_node() arguments for the module's `node` fixture"
     )
@@ -51,6 +52,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "pg_min_version(num): needs server_version_num >= num (else skipped)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "version_independent: tests the Python package rather than the server (packaging, "
+        "dashboard, benchmark tool); skipped when PGBQ_VERSION_INDEPENDENT_DONE names the "
+        "server that already ran them in this matrix run",
     )
 
 
@@ -73,6 +80,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("pg_min_version")
     if marker and server_version_num() < int(marker.args[0]):
         pytest.skip(f"needs PostgreSQL >= {marker.args[0]}, testing {server_version_num()}")
+    done = os.environ.get("PGBQ_VERSION_INDEPENDENT_DONE")
+    if done and item.get_closest_marker("version_independent"):
+        pytest.skip(f"tests the Python package, not the server: ran with {done} in this run")
 
 
 def _check_can_make(kwargs: dict[str, Any]) -> None:
