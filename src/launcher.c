@@ -5,8 +5,9 @@
  *	  (it reads only the shared catalog pg_database).  It never runs task
  *	  SQL.  It
  *	  - starts task workers for (database, role) pairs with outstanding
- *		demand, up to max_parallel_running_tasks_count workers in all, and
- *		asks idle workers of other pairs to make room when the cap is hit;
+ *		demand, up to max_parallel_running_tasks_count workers in all, a pair
+ *		without a worker before any pair gets a second one, and asks workers
+ *		of other pairs to make room when the cap is hit (pgbq_make_room);
  *	  - starts a worker when delayed work of a pair without workers becomes
  *		eligible;
  *	  - starts maintenance passes: for every database after a (re)start,

@@ -7,7 +7,11 @@ at once, and waits until all finished on ``--slots`` worker slots. It prints, pe
 - the ratio of the task-time ideal (all task time spread over the slots) to the wall time
   from the first enqueue's commit to the last task's end (1.0: no time lost to hand-overs);
 - each role's first start after the enqueue (p50, max): how long a role waited for a worker;
-- worker starts (distinct worker processes that ran tasks) and tasks per worker start.
+- worker starts (distinct worker processes that ran tasks) and tasks per worker start;
+
+and once: the pickup of a role's first task (enqueue commit to task start) when a slot is free
+(a worker start: launcher, fork, connection, first claim) and when every slot holds another
+role's idle worker (a hand-over: that worker is asked to leave, then a start).
 
 Not a test: the numbers depend on the machine and its load. The tests (tests/test_many_roles.py)
 keep only what is deterministic.
@@ -114,6 +118,22 @@ def run_once(node: Any, roles: int, tasks: int, task_ms: int, slots: int) -> Rol
     )
 
 
+def first_pickup_ms(node: Any, role: str) -> float:
+    """Enqueue one task as a role that has no worker; its pickup time in milliseconds."""
+    query(node, f"DROP ROLE IF EXISTS {role}")
+    query(node, f"CREATE ROLE {role} LOGIN")
+    query(node, f"SELECT pg_background_queue_grant_usage('{role}')")
+    task = int(query(node, "SELECT pg_background_enqueue('SELECT 1')", user=role)[0][0])
+    state = "SELECT state FROM pg_background_tasks WHERE id = %s"
+    poll_until(
+        lambda: query(node, state, (task,))[0][0] == "finished",
+        timeout=60,
+        message=f"the first task of {role} did not finish",
+    )
+    sql = "SELECT extract(epoch FROM started_at - joined_at) FROM pg_background_tasks WHERE id = %s"
+    return float(query(node, sql, (task,))[0][0]) * 1000.0
+
+
 def describe(run: RolesRun) -> str:
     """One line per run."""
     return (
@@ -147,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         setup_roles(node, args.roles)
+        starts = [first_pickup_ms(node, f"bench_start_{i}") for i in range(min(3, args.slots))]
         ratios = []
         for _ in range(args.runs):
             run = run_once(node, args.roles, args.tasks, args.task_ms, args.slots)
@@ -156,6 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"ratio over {len(ratios)} runs: median {statistics.median(ratios):.2f}, "
             f"min {min(ratios):.2f}, max {max(ratios):.2f}"
+        )
+        # every slot now holds an idle worker of a benchmark role
+        handovers = [first_pickup_ms(node, f"bench_handover_{i}") for i in range(5)]
+        print(
+            "first task of a role without a worker: slot free (a worker start) "
+            + ", ".join(f"{v:.0f}" for v in starts)
+            + " ms; every slot held by another role's idle worker (a hand-over) "
+            + ", ".join(f"{v:.0f}" for v in handovers)
+            + " ms"
         )
     finally:
         destroy_node(node)
