@@ -166,3 +166,29 @@ def test_busy_role_yields_a_slot_after_its_current_task(pool_node: Any) -> None:
         (busy,),
         user="busy",
     )
+
+
+def test_more_busy_roles_than_slots_take_turns(pool_node: Any) -> None:
+    """Five roles with a stream of work each on four slots: a role's only worker yields
+    after it has served a while (PGBQ_YIELD_AFTER_MS, 1 s), so the fifth role starts long
+    before any role has run all its tasks (it used to wait for one of them to finish)."""
+    roles = [f"turn{i}" for i in range(SLOTS + 1)]
+    ids: list[int] = []
+    for role in roles:
+        make_role(pool_node, role)
+        ids += [
+            int(r["id"])
+            for r in query(
+                pool_node,
+                "SELECT pg_background_enqueue('SELECT pg_sleep(0.1)') AS id "
+                "FROM generate_series(1, 30)",
+                user=role,
+            )
+        ]
+    rows = wait_tasks(pool_node, ids, timeout=120)
+    assert {r["state"] for r in rows} == {"finished"}
+    first_start = {role: min(r["started_at"] for r in rows if r["owner"] == role) for role in roles}
+    done = {role: max(r["closed_at"] for r in rows if r["owner"] == role) for role in roles}
+    first_done = min(done.values())
+    late = [role for role in roles if first_start[role] >= first_done]
+    assert not late, f"{late} started only after a role had run all its tasks"
