@@ -699,6 +699,7 @@ bool
 pgbq_others_wait(int slotno)
 {
 	PgbqSlot   *me = &pgbq_shared->slots[slotno];
+	TimestampTz now = GetCurrentTimestamp();
 	int			in_use = 0;
 	bool		waiting = false;
 	int			i;
@@ -708,8 +709,10 @@ pgbq_others_wait(int slotno)
 	{
 		PgbqDemand *d = &pgbq_shared->demands[i];
 
-		if (d->in_use && d->want > 0 &&
-			(d->dboid != me->dboid || d->roleoid != me->roleoid))
+		/* a pair the launcher is not starting workers for does not count */
+		if (d->in_use && d->want > 0 && d->retry_after <= now &&
+			(d->dboid != me->dboid || d->roleoid != me->roleoid) &&
+			!pgbq_drop_in_progress(d->dboid))
 			waiting = true;
 	}
 	for (i = 0; waiting && i < pgbq_shared->nslots; i++)
