@@ -5,8 +5,9 @@
  *	  (it reads only the shared catalog pg_database).  It never runs task
  *	  SQL.  It
  *	  - starts task workers for (database, role) pairs with outstanding
- *		demand, up to max_parallel_running_tasks_count workers in all, and
- *		asks idle workers of other pairs to make room when the cap is hit;
+ *		demand, up to max_parallel_running_tasks_count workers in all, a pair
+ *		without a worker before any pair gets a second one, and asks workers
+ *		of other pairs to make room when the cap is hit (pgbq_make_room);
  *	  - starts a worker when delayed work of a pair without workers becomes
  *		eligible;
  *	  - starts maintenance passes: for every database after a (re)start,
@@ -320,49 +321,129 @@ pgbq_count_workers(Oid dboid, Oid roleoid, int *tasks_all, int *tasks_pair,
 }
 
 /*
- * pgbq_make_room
- *		Ask one idle worker of another (database, role) pair to exit so that
- *		the pair (dboid, roleoid) can get a worker.  Caller holds the lock.
+ * pgbq_pair_workers
+ *		Task workers of the pair of slot s that stay (no exit reason).
+ *		Caller holds the lock.
  */
-static void
-pgbq_make_room(Oid dboid, Oid roleoid)
+static int
+pgbq_pair_workers(const PgbqSlot *s)
 {
-	PgbqSlot   *victim = NULL;
+	int			n = 0;
 	int			i;
 
-	/*
-	 * Prefer a worker with nothing scheduled, else the one whose delayed
-	 * work is due last; it hands its wake-up time over when it leaves.  A
-	 * worker started or woken for announced work that it has not looked
-	 * for yet is spoken for: evicted, it would leave without that work, and
-	 * nobody would announce it again.
-	 */
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *o = &pgbq_shared->slots[i];
+
+		if (o->state != PGBQ_SLOT_FREE && o->kind == PGBQ_KIND_TASK &&
+			o->exit_reasons == 0 && o->dboid == s->dboid &&
+			o->roleoid == s->roleoid)
+			n++;
+	}
+	return n;
+}
+
+/*
+ * pgbq_pick_victim
+ *		The worker to leave so that another pair can get its slot, or NULL.
+ *		Caller holds the lock.
+ *
+ *		First an idle worker asleep (it found no work): one with nothing
+ *		scheduled, else the one whose delayed work is due last (it hands its
+ *		wake-up time over when it leaves).  A worker started or woken for
+ *		announced work that it has not looked for yet is spoken for:
+ *		evicted, it would leave without that work, and nobody would announce
+ *		it again; one that is looking (between its tasks, or claiming) would
+ *		give back what it claims, and its replacement would cost a start.
+ *
+ *		Only for a pair that has no worker at all (hungry): a running worker
+ *		of the pair holding the most workers, if it holds more than one; else
+ *		the pair's only worker that has served longest, once it has served
+ *		PGBQ_YIELD_AFTER_MS.  A running victim finishes its task first.
+ */
+static PgbqSlot *
+pgbq_pick_victim(bool hungry, TimestampTz now)
+{
+	PgbqSlot   *victim = NULL;
+	int			victim_pair = 0;
+	int			i;
+
 	for (i = 0; i < pgbq_shared->nslots; i++)
 	{
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->state != PGBQ_SLOT_IDLE || s->kind != PGBQ_KIND_TASK ||
-			s->exit_reasons != 0 || s->woken ||
-			(s->dboid == dboid && s->roleoid == roleoid))
+			s->exit_reasons != 0 || s->woken || !s->asleep)
 			continue;
 		if (victim == NULL ||
 			(victim->wake_at != 0 && (s->wake_at == 0 || s->wake_at > victim->wake_at)))
 			victim = s;
 	}
-	if (victim == NULL)
-		return;
-	/* one pending eviction at a time is enough */
+	if (victim != NULL || !hungry)
+		return victim;
+
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+		int			pair;
+
+		if (s->state != PGBQ_SLOT_RUNNING || s->kind != PGBQ_KIND_TASK ||
+			s->exit_reasons != 0)
+			continue;
+		pair = pgbq_pair_workers(s);
+		if (pair == 1 &&
+			!TimestampDifferenceExceeds(s->backend_start, now, PGBQ_YIELD_AFTER_MS))
+			continue;
+		if (victim == NULL || pair > victim_pair ||
+			(pair == victim_pair && s->backend_start < victim->backend_start))
+		{
+			victim = s;
+			victim_pair = pair;
+		}
+	}
+	return victim;
+}
+
+/*
+ * pgbq_make_room
+ *		Ask workers of other pairs to leave so that waiting pairs can get a
+ *		worker: one pending eviction per pair waiting without a worker
+ *		(hungry), or a single one when only pairs that have workers wait
+ *		(then only an idle worker is evicted).  Caller holds the lock.
+ */
+static void
+pgbq_make_room(int hungry, TimestampTz now)
+{
+	int			pending = 0;
+	int			wanted = Max(hungry, 1);
+	int			i;
+
 	for (i = 0; i < pgbq_shared->nslots; i++)
 	{
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 
 		if (s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK &&
-			(s->exit_reasons & PGBQ_EXIT_EVICTED) && s->pid > 0)
-			return;
+			(s->exit_reasons & (PGBQ_EXIT_EVICTED | PGBQ_EXIT_YIELD)))
+			pending++;
 	}
-	victim->exit_reasons |= PGBQ_EXIT_EVICTED;
-	if (victim->latch)
-		SetLatch(victim->latch);
+	for (; pending < wanted; pending++)
+	{
+		PgbqSlot   *victim = pgbq_pick_victim(hungry > 0, now);
+
+		if (victim == NULL)
+			break;
+		if (victim->state == PGBQ_SLOT_IDLE)
+		{
+			victim->exit_reasons |= PGBQ_EXIT_EVICTED;
+			if (victim->latch)
+				SetLatch(victim->latch);
+		}
+		else
+			victim->exit_reasons |= PGBQ_EXIT_YIELD;
+		elog(DEBUG1, "pg_background_queue: launcher asks worker %d (role %u) to %s",
+			 (int) victim->pid, victim->roleoid,
+			 victim->state == PGBQ_SLOT_IDLE ? "leave" : "yield after its task");
+	}
 }
 
 /*
@@ -427,59 +508,91 @@ pgbq_schedule_maintenance(TimestampTz now)
 	return next_due;
 }
 
+/* A (database, role) pair the launcher may start workers for. */
+typedef struct PgbqCandidate
+{
+	PgbqDemand *d;
+	Oid			dboid;
+	Oid			roleoid;
+	int			workers;		/* staying workers of the pair */
+	int			want;			/* workers wanted beyond those */
+	int			starts;			/* planned in this pass */
+	TimestampTz since;
+} PgbqCandidate;
+
+/*
+ * pgbq_next_candidate
+ *		The candidate to get the next worker: fewest workers first (a pair
+ *		without any before any pair gets a second one), then the one waiting
+ *		longest.  -1 if none wants more.
+ */
+static int
+pgbq_next_candidate(PgbqCandidate *c, int n)
+{
+	int			best = -1;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (c[i].want <= 0)
+			continue;
+		if (best < 0 || c[i].workers < c[best].workers ||
+			(c[i].workers == c[best].workers && c[i].since < c[best].since))
+			best = i;
+	}
+	return best;
+}
+
 /*
  * pgbq_schedule_task_workers
- *		Start task workers where demand exceeds idle workers; returns the
- *		next time something is due.
+ *		Start task workers where demand exceeds idle workers, sharing the
+ *		slots fairly between pairs (see pgbq_next_candidate), and ask
+ *		workers of other pairs to make room when the slots are taken;
+ *		returns the next time something is due.
  */
 static TimestampTz
 pgbq_schedule_task_workers(TimestampTz now)
 {
+	PgbqCandidate *cands;
 	TimestampTz next_due = 0;
 	bool		unmet = false;
+	int			ncands = 0;
+	int			tasks_all = 0;
+	int			free_slots;
+	int			hungry = 0;
 	int			i;
 
+	cands = palloc(sizeof(PgbqCandidate) * PGBQ_MAX_DEMANDS);
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK)
+			tasks_all++;
+	}
 	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
 	{
 		PgbqDemand *d = &pgbq_shared->demands[i];
-		Oid			dboid;
-		Oid			roleoid;
-		int			need;
-		int			tasks_all;
+		int			t_all;
 		int			tasks_pair;
 		int			maint_all;
 		int			maint_db;
+		int			need;
 
-		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 		if (!d->in_use)
-		{
-			LWLockRelease(pgbq_shared->lock);
 			continue;
-		}
-		dboid = d->dboid;
-		roleoid = d->roleoid;
-		if (pgbq_drop_in_progress(dboid))
-		{
-			/* keep the demand; the dropping transaction wakes us when done */
-			LWLockRelease(pgbq_shared->lock);
-			continue;
-		}
-		pgbq_count_workers(dboid, roleoid, &tasks_all, &tasks_pair,
+		if (pgbq_drop_in_progress(d->dboid))
+			continue;			/* the dropping transaction wakes us when done */
+		pgbq_count_workers(d->dboid, d->roleoid, &t_all, &tasks_pair,
 						   &maint_all, &maint_db);
 		if (d->retry_after > now)
 		{
 			if (next_due == 0 || d->retry_after < next_due)
 				next_due = d->retry_after;
-			LWLockRelease(pgbq_shared->lock);
 			continue;
 		}
-		/*
-		 * Take the demand we are about to serve out of the entry: work
-		 * announced while we start workers (the lock is released meanwhile)
-		 * adds to what is left, instead of being overwritten by it below.
-		 */
 		need = d->want;
-		d->want = 0;
 		if (d->wake_at != 0 && d->wake_at <= now)
 		{
 			d->wake_at = 0;
@@ -488,34 +601,89 @@ pgbq_schedule_task_workers(TimestampTz now)
 		}
 		if (d->wake_at != 0 && (next_due == 0 || d->wake_at < next_due))
 			next_due = d->wake_at;
-		if (need > 0 && tasks_all >= pgbq_max_parallel)
-			pgbq_make_room(dboid, roleoid);
-		if (need <= 0 && d->wake_at == 0 && tasks_pair == 0)
-			d->in_use = false;	/* nothing to remember */
-		LWLockRelease(pgbq_shared->lock);
-
-		while (need > 0 && tasks_all < pgbq_max_parallel)
+		if (need <= 0)
 		{
-			if (!pgbq_start_worker(PGBQ_KIND_TASK, dboid, roleoid))
+			d->want = 0;
+			d->waiting_since = 0;
+			if (d->wake_at == 0 && tasks_pair == 0)
+				d->in_use = false;	/* nothing to remember */
+			continue;
+		}
+		cands[ncands].d = d;
+		cands[ncands].dboid = d->dboid;
+		cands[ncands].roleoid = d->roleoid;
+		cands[ncands].workers = tasks_pair;
+		cands[ncands].want = need;
+		cands[ncands].starts = 0;
+		cands[ncands].since = d->waiting_since != 0 ? d->waiting_since : now;
+		ncands++;
+	}
+
+	/*
+	 * Plan the starts one worker at a time, and take the planned demand out
+	 * of the entries: work announced while we start workers (the lock is
+	 * released meanwhile) adds to what is left instead of being overwritten.
+	 */
+	free_slots = pgbq_max_parallel - tasks_all;
+	while (free_slots > 0)
+	{
+		int			c = pgbq_next_candidate(cands, ncands);
+
+		if (c < 0)
+			break;
+		cands[c].starts++;
+		cands[c].workers++;
+		cands[c].want--;
+		free_slots--;
+	}
+	for (i = 0; i < ncands; i++)
+	{
+		/* cands[i].want: what is left of the need once planned starts run */
+		cands[i].d->want = cands[i].want;
+		if (cands[i].want == 0)
+			cands[i].d->waiting_since = 0;
+		if (cands[i].want > 0)
+		{
+			unmet = true;
+			if (cands[i].workers == 0)
+				hungry++;
+		}
+	}
+	if (unmet)
+		pgbq_make_room(hungry, now);
+	LWLockRelease(pgbq_shared->lock);
+
+	for (i = 0; i < ncands; i++)
+	{
+		PgbqCandidate *c = &cands[i];
+
+		while (c->starts > 0)
+		{
+			if (!pgbq_start_worker(PGBQ_KIND_TASK, c->dboid, c->roleoid))
 			{
+				TimestampTz retry = now + PGBQ_START_FAILURE_BACKOFF_MS * 1000;
+
 				LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-				if (d->in_use && d->dboid == dboid && d->roleoid == roleoid)
-					d->retry_after = now + PGBQ_START_FAILURE_BACKOFF_MS * 1000;
+				if (c->d->in_use && c->d->dboid == c->dboid &&
+					c->d->roleoid == c->roleoid)
+				{
+					c->d->retry_after = retry;
+					c->d->want = Min(c->d->want + c->starts,
+									 Max(pgbq_max_parallel, 1));
+				}
 				LWLockRelease(pgbq_shared->lock);
-				if (next_due == 0 || now + PGBQ_START_FAILURE_BACKOFF_MS * 1000 < next_due)
-					next_due = now + PGBQ_START_FAILURE_BACKOFF_MS * 1000;
+				if (next_due == 0 || retry < next_due)
+					next_due = retry;
+				unmet = true;
 				break;
 			}
-			need--;
-			tasks_all++;
+			elog(DEBUG1, "pg_background_queue: launcher started a worker for role %u",
+				 c->roleoid);
+			c->starts--;
 		}
-		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
-		if (d->in_use && d->dboid == dboid && d->roleoid == roleoid && need > 0)
-			d->want = Min(d->want + need, Max(pgbq_max_parallel, 1));
-		LWLockRelease(pgbq_shared->lock);
-		if (need > 0)
-			unmet = true;
 	}
+	pfree(cands);
+
 	/* while demand is unmet, a worker finishing a task wakes us */
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 	pgbq_shared->unmet_demand = unmet;

@@ -102,6 +102,18 @@ typedef enum PgbqWorkerKind
 #define PGBQ_EXIT_DROPPED	0x02	/* DROP DATABASE / EXTENSION: hand nothing over */
 #define PGBQ_EXIT_LEAVING	0x04	/* the worker itself: idle timeout or gave
 									 * a task back; no more wake-ups for it */
+#define PGBQ_EXIT_YIELD		0x08	/* launcher: a role without workers waits;
+									 * finish the current task, claim no next,
+									 * announce the role's remaining work */
+
+/*
+ * Hand-overs between (database, role) pairs (launcher.c): a pair without a
+ * worker gets a slot before any pair gets a second one; a pair's only
+ * worker yields to a waiting pair once it has served this long (a worker
+ * start costs tens of milliseconds: a shorter turn would spend the slot
+ * starting processes).
+ */
+#define PGBQ_YIELD_AFTER_MS		1000
 
 typedef struct PgbqSlot
 {
@@ -123,6 +135,7 @@ typedef struct PgbqSlot
 	bool		woken;			/* promised to announced work, not yet looked */
 	bool		waiting_capacity;	/* wake me when a running slot frees */
 	TimestampTz wake_at;		/* idle worker: when its delayed work is due */
+	bool		asleep;			/* found no work, sleeps on its latch */
 } PgbqSlot;
 
 typedef struct PgbqDemand
@@ -134,6 +147,8 @@ typedef struct PgbqDemand
 	uint64		seq;			/* bumped whenever work is announced */
 	TimestampTz wake_at;		/* start a worker at this time (0: none) */
 	TimestampTz retry_after;	/* back off after failed starts */
+	TimestampTz waiting_since;	/* want became > 0 (0: not waiting); the
+								 * longest-waiting pair is served first */
 } PgbqDemand;
 
 typedef struct PgbqDatabase
@@ -202,6 +217,8 @@ extern int	pgbq_request_database_exit(Oid dboid, bool forget);
 extern void pgbq_set_drop_in_progress(Oid dboid, bool on);
 extern bool pgbq_drop_in_progress(Oid dboid);
 extern void pgbq_wake_idle_workers(void);
+extern bool pgbq_others_wait(int slotno);
+extern bool pgbq_slot_yielding(int slotno);
 
 /* ---------------------------------------------------------------------
  * Workflows (workflow.c): paused topics

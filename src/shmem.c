@@ -36,16 +36,22 @@
  *	- waiting_capacity: set by pgbq_slot_try_start when a limit held a task
  *	  back; cleared, and the latch set, by pgbq_wake_capacity_waiters when a
  *	  running slot frees, or when the slot starts a task.
+ *	- asleep: set by the worker when it found no work and goes to sleep,
+ *	  cleared when it wakes to look again (pgbq_demand_seq); only a worker
+ *	  asleep is evicted (pgbq_make_room).
  *	- wake_at: written by the worker before it sleeps (its delayed work's
  *	  due time), read by the launcher to choose whom to evict and by the
  *	  worker to hand its wake-up over when it leaves; cleared by
  *	  pgbq_request_database_exit.
- *	- exit_reasons (PGBQ_EXIT_* bits, see pgbq.h): EVICTED set by the
- *	  launcher (pgbq_make_room, one pending eviction at a time), DROPPED by
- *	  pgbq_request_database_exit (DROP DATABASE / EXTENSION), LEAVING by the
- *	  worker itself (idle timeout, or it gave a task back and is exiting).
- *	  Any bit: the worker leaves at its next look, gets no more wake-ups and
- *	  counts no longer towards its role's pool.  Cleared only by detach.
+ *	- exit_reasons (PGBQ_EXIT_* bits, see pgbq.h): EVICTED (an idle
+ *	  worker) and YIELD (a running one: it finishes its task first) set by
+ *	  the launcher (pgbq_make_room, at most one pending eviction per pair
+ *	  waiting without a worker), DROPPED by pgbq_request_database_exit
+ *	  (DROP DATABASE / EXTENSION), LEAVING by the worker itself (idle
+ *	  timeout, no work of its own while other pairs wait, or it gave a task
+ *	  back and is exiting).  Any bit: the worker claims nothing more, leaves
+ *	  at its next look, gets no more wake-ups and counts no longer towards
+ *	  its role's pool.  Cleared only by detach.
  *	- cancel_requested: set by pgbq_signal_cancel for task_id just before it
  *	  sends SIGINT, cleared when the slot starts or finishes a task.  The
  *	  worker reads it without the lock (from its SIGINT handler, and when a
@@ -474,6 +480,8 @@ pgbq_announce_work(Oid dboid, Oid roleoid, int ready,
 	{
 		if (ready > idle_workers)
 		{
+			if (d->want == 0 && d->waiting_since == 0)
+				d->waiting_since = GetCurrentTimestamp();
 			d->want = Max(d->want, ready - idle_workers);
 			d->want = Min(d->want, Max(pgbq_max_parallel, 1));
 			d->retry_after = 0;
@@ -677,4 +685,60 @@ pgbq_wake_idle_workers(void)
 	pgbq_shared->rescan_requested = true;
 	LWLockRelease(pgbq_shared->lock);
 	pgbq_wake_launcher();
+}
+
+/*
+ * pgbq_others_wait
+ *		Does another (database, role) pair wait for a worker while no slot
+ *		is free for it?  Asked by an idle worker that found no work of its
+ *		own: it then leaves at once instead of holding the slot until its
+ *		idle timeout or an eviction (a hand-over costs one worker start, not
+ *		a launcher round trip plus the wait for the eviction).
+ */
+bool
+pgbq_others_wait(int slotno)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[slotno];
+	TimestampTz now = GetCurrentTimestamp();
+	int			in_use = 0;
+	bool		waiting = false;
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	for (i = 0; i < PGBQ_MAX_DEMANDS && !waiting; i++)
+	{
+		PgbqDemand *d = &pgbq_shared->demands[i];
+
+		/* a pair the launcher is not starting workers for does not count */
+		if (d->in_use && d->want > 0 && d->retry_after <= now &&
+			(d->dboid != me->dboid || d->roleoid != me->roleoid) &&
+			!pgbq_drop_in_progress(d->dboid))
+			waiting = true;
+	}
+	for (i = 0; waiting && i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK)
+			in_use++;
+	}
+	LWLockRelease(pgbq_shared->lock);
+	return waiting && in_use >= pgbq_max_parallel;
+}
+
+/*
+ * pgbq_slot_yielding
+ *		Was the slot asked to leave (by anyone)?  A worker asks after a
+ *		task, before claiming the next one in the same commit: a worker
+ *		asked to yield finishes its task and claims nothing more.
+ */
+bool
+pgbq_slot_yielding(int slotno)
+{
+	bool		yielding;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	yielding = pgbq_shared->slots[slotno].exit_reasons != 0;
+	LWLockRelease(pgbq_shared->lock);
+	return yielding;
 }

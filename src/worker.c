@@ -426,11 +426,21 @@ pgbq_task_loop(void)
 			break;
 		if (pgbq_got_sigterm || exit_reasons != 0 || pgbq_must_exit)
 		{
+			elog(DEBUG1, "pg_background_queue: worker of role %u leaves (reasons 0x%x)%s",
+				 me->roleoid, exit_reasons, next ? ", giving its next task back" : "");
 			if (next)
 				pgbq_give_back_guarded(next);
 			/* dropped: nothing of this database is to be woken any more */
 			if (!pgbq_extension_dropped && !(exit_reasons & PGBQ_EXIT_DROPPED))
 				pgbq_hand_over_wakeup();
+
+			/*
+			 * Yielded in the middle of our role's work: announce what is
+			 * left, so our role waits for a worker like any other.
+			 */
+			if ((exit_reasons & PGBQ_EXIT_YIELD) && !pgbq_extension_dropped &&
+				!(exit_reasons & PGBQ_EXIT_DROPPED))
+				pgbq_announce_work(me->dboid, me->roleoid, 1, 0);
 			break;
 		}
 
@@ -461,10 +471,23 @@ pgbq_task_loop(void)
 
 		now = GetCurrentTimestamp();
 		deadline = idle_since + (int64) pgbq_worker_idle_timeout * USECS_PER_SEC;
+
+		/*
+		 * Nothing of our role is eligible while another role waits for a
+		 * slot: leave now rather than hold the slot until the idle timeout
+		 * or an eviction.
+		 */
+		if (!blocked && pgbq_others_wait(pgbq_slotno))
+			deadline = now;
 		if (now >= deadline)
 		{
 			if (pgbq_settle_demand(seq, wait_until, true))
+			{
+				elog(DEBUG1, "pg_background_queue: worker of role %u leaves: no work of its own%s",
+					 me->roleoid, now >= idle_since + (int64) pgbq_worker_idle_timeout * USECS_PER_SEC ?
+					 " (idle timeout)" : " while other roles wait");
 				break;
+			}
 			continue;
 		}
 		if (!pgbq_settle_demand(seq, 0, false))
@@ -474,6 +497,7 @@ pgbq_task_loop(void)
 		timeout_ms = (long) ((deadline - now + 999) / 1000);
 		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 		me->wake_at = wait_until;
+		me->asleep = true;
 		LWLockRelease(pgbq_shared->lock);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch,

@@ -649,7 +649,8 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	 * pending and fail to lock them with a serialization error.  The loop
 	 * claims in a transaction of its own instead.
 	 */
-	if (!pgbq_got_sigterm && !IsolationUsesXactSnapshot())
+	if (!pgbq_got_sigterm && !IsolationUsesXactSnapshot() &&
+		!pgbq_slot_yielding(pgbq_slotno))
 		next = pgbq_claim(&wait_until, &blocked);
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	SPI_finish();
@@ -694,7 +695,7 @@ pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 									cancelled, sqlstate, message, detail);
 		PopActiveSnapshot();
 		pgbq_release_slot_task();
-		if (claim_next && !pgbq_got_sigterm)
+		if (claim_next && !pgbq_got_sigterm && !pgbq_slot_yielding(pgbq_slotno))
 			(void) pgbq_bookkeeping_claim(&next, &wait_until, &blocked);
 	}
 	CommitTransactionCommand();
@@ -824,6 +825,7 @@ pgbq_demand_seq(void)
 
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 	me->woken = false;
+	me->asleep = false;
 	d = pgbq_demand_lookup(me->dboid, me->roleoid, false);
 	if (d)
 		seq = d->seq;
