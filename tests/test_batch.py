@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from core_helpers import query, scalar, task, wait_tasks
+from core_helpers import connect, query, scalar, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 TOPICS: dict[str, dict[str, float]] = {
@@ -68,11 +68,13 @@ def node() -> Iterator[Any]:
 def enqueue_many(node: Any, sqls: list[str], topic: str) -> list[int]:
     """Enqueue every task in one transaction (one commit, so none starts before the others are
     there) and return their ids in order."""
-    with psycopg.connect(
-        f"host={node.host} port={node.port} dbname=postgres user={node.username}"
-    ) as conn:
+    with connect(node, autocommit=False) as conn:
         return [
-            int(conn.execute("SELECT pg_background_enqueue(%s, %s)", (sql, topic)).fetchone()[0])
+            int(
+                conn.execute("SELECT pg_background_enqueue(%s, %s) AS id", (sql, topic)).fetchone()[
+                    "id"
+                ]
+            )
             for sql in sqls
         ]
 
@@ -126,8 +128,8 @@ def test_session_state_does_not_leak_between_tasks_of_a_batch(node: Any) -> None
     leak = (
         "SELECT set_config('search_path', 'pg_catalog', false), "
         "set_config('application_name', 'leak', true), "
-        "set_config('transaction_read_only', 'on', true), "
-        "pg_advisory_lock(42), public.leak_temp(), txid_current()"
+        "pg_advisory_lock(42), public.leak_temp(), txid_current(), "
+        "set_config('transaction_read_only', 'on', true)"
     )
     look = (
         "INSERT INTO public.seen SELECT current_setting('search_path'), "
@@ -137,7 +139,7 @@ def test_session_state_does_not_leak_between_tasks_of_a_batch(node: Any) -> None
     )
     ids = enqueue_many(node, [look, leak, look], "batch")
     rows = wait_tasks(node, ids)
-    assert [r["state"] for r in rows] == ["finished"] * 3, rows
+    assert [r["state"] for r in rows] == ["finished"] * 3, [r["errors"] for r in rows]
     seen = query(node, "SELECT * FROM seen ORDER BY xid")
     assert len(seen) == 2
     assert seen[0]["xid"] == seen[1]["xid"], "the three tasks ran in one batch"
@@ -249,20 +251,19 @@ def test_kill_9_mid_batch_leaves_no_effect_without_finished_and_no_finished_with
     os.kill(pid, signal.SIGKILL)
 
     def consistent_after_restart() -> bool | None:
+        # one statement, so one snapshot for both sides
         try:
-            finished = {
-                n_of[r["id"]]
-                for r in query(
-                    node,
-                    "SELECT id FROM pg_background_tasks WHERE id = ANY(%s) AND state = 'finished'",
-                    (ids,),
-                )
-            }
-            done = [r["n"] for r in effects(node, "crash")]
+            row = query(
+                node,
+                "SELECT ARRAY(SELECT id FROM pg_background_tasks WHERE id = ANY(%s) "
+                "AND state = 'finished' ORDER BY id) AS finished, "
+                "ARRAY(SELECT n FROM effects WHERE tag = 'crash' ORDER BY n) AS done",
+                (ids,),
+            )[0]
         except psycopg.OperationalError:
             return None
-        assert sorted(done) == sorted(finished), (done, finished)
-        assert len(done) == len(set(done)), done
+        finished = sorted(n_of[t] for t in row["finished"])
+        assert row["done"] == finished, row
         return True
 
     poll_until(consistent_after_restart, timeout=60, message="server did not come back")
