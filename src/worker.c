@@ -366,7 +366,7 @@ pgbq_run_single(PgbqTask *task)
 		pgbq_execute_sql(task->sql);
 		pgbq_task_to_bookkeeping();
 
-		next = pgbq_finish_and_claim_next(task, true);
+		next = pgbq_finish_and_claim_next(task, false);
 		CommitTransactionCommand();
 		pgbq_stop_task_timers();
 		pgbq_current_task = NULL;
@@ -462,7 +462,7 @@ pgbq_run_in_subxact(PgbqTask *task, bool *shutdown)
 		pgbq_execute_sql(task->sql);
 		pgbq_fire_deferred_triggers();
 		pgbq_task_to_bookkeeping();
-		(void) pgbq_finish_and_claim_next(task, false);
+		(void) pgbq_finish_and_claim_next(task, true);
 		ReleaseCurrentSubTransaction();
 		CurrentResourceOwner = owner;
 		pgbq_stop_task_timers();
@@ -516,9 +516,12 @@ pgbq_run_in_subxact(PgbqTask *task, bool *shutdown)
  *		claim as any other, so priorities, limits and rate limits are those
  *		of single tasks: the batch goes on while the claim returns a task of
  *		the same topic that may join a batch, up to tasks_per_commit tasks
- *		and until batch_max_ms have passed since it began.  The session is
- *		reset after each task, in the batch's transaction (the reset of
- *		pgbq_reset_between_tasks follows the commit as after a single task).
+ *		and until batch_max_ms have passed since it began.  The worker's
+ *		slot stays taken from one task to the next (the topic's capacity is
+ *		not up for grabs in between), and is released after the commit.
+ *		The session is reset after each task, in the batch's transaction
+ *		(the reset of pgbq_reset_between_tasks follows the commit as after
+ *		a single task).
  *
  *		An error outside a task's subtransaction (recording a failure, the
  *		reset, the claim, the commit itself) rolls the whole batch back: the
@@ -592,6 +595,14 @@ pgbq_run_batch(PgbqTask *first)
 		}
 		MemoryContextSwitchTo(ctx);
 		CommitTransactionCommand();
+
+		/*
+		 * The slot stayed taken from task to task, so that no other worker
+		 * took the topic's capacity between two of them; a next task of
+		 * another topic has it now.
+		 */
+		if (next == NULL)
+			pgbq_release_slot_task();
 	}
 	PG_CATCH();
 	{

@@ -599,13 +599,14 @@ pgbq_give_back_guarded(PgbqTask *task)
 
 /*
  * pgbq_finish_and_claim_next
- *		In the task's transaction: mark it finished, release the slot and,
- *		with claim_next, claim the next task (returned, or NULL).  A task of
- *		a batch is finished in its subtransaction without a claim (worker.c
- *		claims the next one after releasing it).
+ *		In the task's transaction: mark it finished, release the slot and
+ *		claim the next task (returned, or NULL).  A task of a batch
+ *		(in_batch) is only marked finished, in its subtransaction: the slot
+ *		stays taken for the batch's next task, which worker.c claims after
+ *		releasing the subtransaction.
  */
 PgbqTask *
-pgbq_finish_and_claim_next(PgbqTask *task, bool claim_next)
+pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 {
 	Oid			save_userid;
 	int			save_sec;
@@ -642,7 +643,8 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool claim_next)
 				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
 						task->id)));
 	pgbq_notify_terminal(task->id, "finished");
-	pgbq_release_slot_task();
+	if (!in_batch)
+		pgbq_release_slot_task();
 
 	/*
 	 * Claim the next task in this commit only at READ COMMITTED: at a
@@ -651,7 +653,7 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool claim_next)
 	 * pending and fail to lock them with a serialization error.  The loop
 	 * claims in a transaction of its own instead.
 	 */
-	if (claim_next && !pgbq_got_sigterm && !IsolationUsesXactSnapshot())
+	if (!in_batch && !pgbq_got_sigterm && !IsolationUsesXactSnapshot())
 		next = pgbq_claim(&wait_until, &blocked);
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	SPI_finish();
@@ -710,8 +712,9 @@ pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
  * pgbq_record_end_in_batch
  *		In a batch's transaction, after the task's subtransaction rolled
  *		back: give the task back (shutdown) or record its failed or
- *		cancelled attempt; both commit with the batch.  If the extension was
- *		dropped meanwhile, an error aborts the batch.
+ *		cancelled attempt; both commit with the batch.  The slot stays taken
+ *		(see pgbq_finish_and_claim_next).  If the extension was dropped
+ *		meanwhile, an error aborts the batch.
  */
 void
 pgbq_record_end_in_batch(PgbqTask *task, bool cancelled, bool shutdown,
@@ -739,7 +742,6 @@ pgbq_record_end_in_batch(PgbqTask *task, bool cancelled, bool shutdown,
 		pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
 									cancelled, sqlstate, message, detail);
 	PopActiveSnapshot();
-	pgbq_release_slot_task();
 	AtEOXact_GUC(true, nest);
 }
 

@@ -82,7 +82,7 @@ extern bool pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until,
 							   bool *blocked);
 extern void pgbq_hand_over_wakeup(void);
 extern void pgbq_give_back_guarded(PgbqTask *task);
-extern PgbqTask *pgbq_finish_and_claim_next(PgbqTask *task, bool claim_next);
+extern PgbqTask *pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch);
 extern void pgbq_record_end_in_batch(PgbqTask *task, bool cancelled,
 									 bool shutdown, const char *sqlstate,
 									 const char *message, const char *detail);

@@ -276,3 +276,26 @@ def test_kill_9_mid_batch_leaves_no_effect_without_finished_and_no_finished_with
     assert [r["n"] for r in effects(node, "crash")] == list(range(20))
     assert all(r["attempts"] <= 2 for r in rows)
     assert scalar(node, "SELECT count(*) FROM pg_background_tasks WHERE state = 'running'") == 0
+
+
+def test_cancel_of_a_task_running_in_a_batch_interrupts_it(node: Any) -> None:
+    # the second task of a batch looks pending to others (its claim is not committed) and
+    # its row is locked until the batch commits: the cancel must still reach the worker
+    sleeper = (
+        "WITH i AS (INSERT INTO public.effects VALUES ('cancel', 1, txid_current(), 0) "
+        "RETURNING 1) SELECT public.wait_for('never') FROM i"
+    )
+    ids = enqueue_many(node, [effect("cancel", 0), sleeper, effect("cancel", 2)], "batch")
+    poll_until(
+        lambda: query(
+            node,
+            "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_background_queue worker' "
+            "AND query LIKE '%wait_for(''never'')%' AND wait_event = 'PgSleep'",
+        ),
+        timeout=30,
+        message="the sleeper did not start",
+    )
+    assert scalar(node, "SELECT pg_background_cancel(%s)", (ids[1],)) is True
+    rows = wait_tasks(node, ids, timeout=20)
+    assert [r["state"] for r in rows] == ["finished", "cancelled", "finished"]
+    assert [r["n"] for r in effects(node, "cancel")] == [0, 2]
