@@ -74,9 +74,13 @@ typedef struct PgbqTopicPolicy
 /*
  * Batched commits (worker.c): a topic's tasks_per_commit is at most
  * PGBQ_MAX_TASKS_PER_COMMIT, its batch_max_ms at most PGBQ_MAX_BATCH_MS
- * and PGBQ_DEFAULT_BATCH_MS when not set.
+ * and PGBQ_DEFAULT_BATCH_MS when not set.  Each task of a batch that writes
+ * commits a subtransaction id of its own; PostgreSQL caches at most 64 per
+ * backend (PGPROC_MAX_CACHED_SUBXIDS), and one more makes every snapshot in
+ * the cluster "suboverflowed" (visibility checks then read pg_subtrans)
+ * while the batch runs: the bound keeps a batch inside the cache.
  */
-#define PGBQ_MAX_TASKS_PER_COMMIT	1000
+#define PGBQ_MAX_TASKS_PER_COMMIT	64
 #define PGBQ_MAX_BATCH_MS			10000
 #define PGBQ_DEFAULT_BATCH_MS		100
 

@@ -33,7 +33,7 @@ TOPICS: dict[str, dict[str, float]] = {
         "max_parallel_running_tasks_count": 2,
     },
     "big": {
-        "tasks_per_commit": 1000,
+        "tasks_per_commit": 64,
         "batch_max_ms": 10000,
         "max_parallel_running_tasks_count": 1,
         "retry_count": 3,
