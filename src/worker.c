@@ -18,6 +18,15 @@
  *	   effects committed while the task is still pending or running, and
  *	   the next attempt is recorded durably for free.
  *
+ * Batched commits (a topic's tasks_per_commit > 1, pgbq_run_batch): a task
+ * whose SQL may join a batch (pgbq_sql_batchable) starts a transaction in
+ * which it and the tasks claimed after it run, each in a subtransaction
+ * with its finished mark (or, on an error, followed by the record of its
+ * failed attempt in the batch's transaction), and all of them commit
+ * together.  Exactly once holds per task; a crash rolls the whole batch
+ * back.  A task that ignores its interrupt in a batch has the batch's
+ * first task (the only one whose claim committed) recorded on the way out.
+ *
  * A failed attempt is recorded in a new transaction (which also claims the
  * next task).  A cancel request, a timeout and a shutdown all interrupt the
  * task with a query cancel; the worker tells them apart by flags: cancel
