@@ -40,6 +40,7 @@
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/portal.h"
 #include "utils/ps_status.h"
 #include "utils/snapmgr.h"
@@ -143,8 +144,13 @@ bool
 pgbq_sql_batchable(const char *sql)
 {
 	MemoryContext ctx = CurrentMemoryContext;
+	MemoryContext parse_ctx;
 	volatile bool batchable = false;
 
+	/* the parse tree is thrown away with its context */
+	parse_ctx = AllocSetContextCreate(ctx, "pg_background_queue batch check",
+									  ALLOCSET_SMALL_SIZES);
+	MemoryContextSwitchTo(parse_ctx);
 	PG_TRY();
 	{
 		List	   *stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
@@ -168,7 +174,6 @@ pgbq_sql_batchable(const char *sql)
 					break;
 			}
 		}
-		list_free_deep(stmts);
 	}
 	PG_CATCH();
 	{
@@ -178,6 +183,7 @@ pgbq_sql_batchable(const char *sql)
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(ctx);
+	MemoryContextDelete(parse_ctx);
 	return batchable;
 }
 

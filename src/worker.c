@@ -588,7 +588,8 @@ pgbq_run_batch(PgbqTask *first)
 				GetCurrentTimestamp() >= batch_end || pgbq_batch_wants_leave())
 				break;
 
-			MemoryContextSwitchTo(pgbq_worker_ctx);
+			/* the claimed task itself is copied to pgbq_worker_ctx */
+			MemoryContextSwitchTo(pgbq_task_ctx);
 			claimed = pgbq_batch_claim();
 			if (claimed == NULL)
 				break;
