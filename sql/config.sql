@@ -6,6 +6,8 @@
 ALTER SYSTEM SET pg_background_queue.topic_config = '{}';
 ALTER SYSTEM SET pg_background_queue.topic_config = '';
 ALTER SYSTEM SET pg_background_queue.topic_config = '{"critical": {"max_parallel_running_tasks_count": 10, "retry_count": 5, "delay_in_sec": 0, "priority": 1}, "maintenance": {"max_parallel_running_tasks_count": 2, "retry_count": 1, "delay_in_sec": 0.5, "priority": 100, "timeout_in_sec": 3600}, "reporting": {}}';
+-- batched commits: tasks_per_commit 1..64, batch_max_ms 1..10000
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"bulk": {"tasks_per_commit": 64, "batch_max_ms": 250}, "one": {"tasks_per_commit": 1}, "most": {"tasks_per_commit": 64, "batch_max_ms": 10000}}';
 
 -- invalid ones are rejected
 ALTER SYSTEM SET pg_background_queue.topic_config = 'not json';
@@ -24,6 +26,13 @@ ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"max_parallel_runnin
 ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"delay_in_sec": -0.5}}';
 ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"timeout_in_sec": {"x": 1}}}';
 ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"retry_count": 1, "retry_count": 2}}';
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"tasks_per_commit": 0}}';
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"tasks_per_commit": 65}}';
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"tasks_per_commit": 2.5}}';
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"tasks_per_commit": "64"}}';
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"batch_max_ms": 0}}';
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"batch_max_ms": 10001}}';
+ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {"batch_ms": 10}}';
 ALTER SYSTEM SET pg_background_queue.topic_config = '{"a": {}, "a": {}}';
 ALTER SYSTEM SET pg_background_queue.topic_config = '{"": {}}';
 SELECT format('ALTER SYSTEM SET pg_background_queue.topic_config = %L',

@@ -350,6 +350,29 @@ pgbq_forget_notifications(void)
 }
 
 /*
+ * pgbq_held_notifications
+ *		How many notifications are held now; with pgbq_forget_notifications_
+ *		since, a subtransaction that rolls back drops only its own.
+ */
+int
+pgbq_held_notifications(void)
+{
+	return pgbq_npending;
+}
+
+/*
+ * pgbq_forget_notifications_since
+ *		Drop the notifications held after pgbq_held_notifications() returned
+ *		n (the subtransaction that would have carried them rolled back).
+ */
+void
+pgbq_forget_notifications_since(int n)
+{
+	if (n < pgbq_npending)
+		pgbq_npending = n;
+}
+
+/*
  * pgbq_flush_notifications
  *		After the commit that carried them, send the held notifications in a
  *		short transaction of their own.  A failure (say, a full notification

@@ -30,6 +30,8 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
+#include "storage/lwlock.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -778,6 +780,49 @@ pgbq_update_own_task(const PgbqCatalog *cat, const char *set_and_where,
 }
 
 /*
+ * pgbq_cancel_in_batch
+ *		Is the task running in a batch of a topic with tasks_per_commit > 1
+ *		(worker.c), in a worker of a role the caller may manage?  Then ask
+ *		that worker to cancel it and return true.  The row cannot tell: a
+ *		task claimed in a batch's transaction looks pending, and its row is
+ *		locked, until the batch commits; the UPDATE of pg_background_cancel
+ *		would wait for that instead of interrupting the task.
+ */
+static bool
+pgbq_cancel_in_batch(int64 id)
+{
+	Oid			roleoid = InvalidOid;
+	char		topic[NAMEDATALEN];
+	bool		topic_isnull = true;
+	PgbqTopicPolicy policy;
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state == PGBQ_SLOT_RUNNING && s->kind == PGBQ_KIND_TASK &&
+			s->dboid == MyDatabaseId && s->task_id == id && s->pid > 0)
+		{
+			roleoid = s->roleoid;
+			topic_isnull = s->topic_isnull;
+			strlcpy(topic, s->topic, sizeof(topic));
+			break;
+		}
+	}
+	LWLockRelease(pgbq_shared->lock);
+	if (!OidIsValid(roleoid))
+		return false;
+	pgbq_topic_policy(topic_isnull ? NULL : topic, &policy);
+	if (policy.tasks_per_commit <= 1)
+		return false;
+	if (!superuser() && !has_privs_of_role(GetUserId(), roleoid))
+		return false;
+	return pgbq_signal_cancel(id, MyDatabaseId);
+}
+
+/*
  * pg_background_cancel
  *		Cancel a pending or retrying task, or interrupt a running one (its
  *		worker then records it as cancelled).  Cancelled tasks are never
@@ -794,6 +839,8 @@ pg_background_cancel(PG_FUNCTION_ARGS)
 
 	pgbq_check_preloaded();
 	pgbq_catalog_lookup(&cat, false);
+	if (pgbq_cancel_in_batch(id))
+		PG_RETURN_BOOL(true);
 	owner = pgbq_update_own_task(&cat,
 								 psprintf("state = 'cancelled', closed_at = now(), worker_pid = NULL, "
 										  "errors = 'cancelled by pg_background_cancel()', "

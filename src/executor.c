@@ -28,9 +28,11 @@
 #include "commands/async.h"
 #include "commands/prepare.h"
 #include "commands/sequence.h"
+#include "commands/trigger.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/analyze.h"
+#include "parser/parser.h"
 #include "pgstat.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
@@ -38,6 +40,7 @@
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/portal.h"
 #include "utils/ps_status.h"
 #include "utils/snapmgr.h"
@@ -124,6 +127,84 @@ pgbq_execute_sql(const char *sql)
 		EndImplicitTransactionBlock();
 	MemoryContextSwitchTo(ctx);
 	set_ps_display("idle");
+}
+
+/*
+ * pgbq_sql_batchable
+ *		May this task join a batch of tasks committed together (worker.c)?
+ *		Only a single plain SELECT, INSERT, UPDATE, DELETE or MERGE: a
+ *		utility statement may refuse to run in a transaction block (VACUUM,
+ *		CREATE INDEX CONCURRENTLY), commit (CALL, DO) or change the
+ *		transaction (SET TRANSACTION), and a script of several statements
+ *		is its own implicit transaction block.  SQL that does not parse is
+ *		not batchable either; it fails when it runs alone.  Needs no
+ *		transaction: only the raw parser runs.
+ */
+bool
+pgbq_sql_batchable(const char *sql)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	MemoryContext parse_ctx;
+	volatile bool batchable = false;
+
+	/* the parse tree is thrown away with its context */
+	parse_ctx = AllocSetContextCreate(ctx, "pg_background_queue batch check",
+									  ALLOCSET_SMALL_SIZES);
+	MemoryContextSwitchTo(parse_ctx);
+	PG_TRY();
+	{
+		List	   *stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+
+		if (list_length(stmts) == 1)
+		{
+			Node	   *stmt = linitial_node(RawStmt, stmts)->stmt;
+
+			switch (nodeTag(stmt))
+			{
+				case T_SelectStmt:
+				case T_InsertStmt:
+				case T_UpdateStmt:
+				case T_DeleteStmt:
+				case T_MergeStmt:
+					/* SELECT ... INTO creates a table: a utility */
+					batchable = !(IsA(stmt, SelectStmt) &&
+								  ((SelectStmt *) stmt)->intoClause != NULL);
+					break;
+				default:
+					break;
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(ctx);
+		FlushErrorState();
+		batchable = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(ctx);
+	MemoryContextDelete(parse_ctx);
+	return batchable;
+}
+
+/*
+ * pgbq_fire_deferred_triggers
+ *		Run the deferred triggers the task queued (deferred foreign keys and
+ *		unique constraints, constraint triggers) now, as SET CONSTRAINTS ALL
+ *		IMMEDIATE would: a task of a batch must fail in its own
+ *		subtransaction, not at the batch's commit.
+ */
+void
+pgbq_fire_deferred_triggers(void)
+{
+	ConstraintsSetStmt *stmt = makeNode(ConstraintsSetStmt);
+
+	stmt->constraints = NIL;
+	stmt->deferred = false;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	AfterTriggerSetState(stmt);
+	PopActiveSnapshot();
+	pfree(stmt);
 }
 
 /*

@@ -6,11 +6,11 @@
  *
  * topic_config is a JSON object mapping topic names to objects with the
  * keys max_parallel_running_tasks_count, retry_count, delay_in_sec,
- * priority and timeout_in_sec.  It is parsed with the server's JSON parser
- * in the check hook; anything invalid is rejected at SET / ALTER SYSTEM /
- * reload time with a message naming the topic and key, so the rest of the
- * code only ever sees a valid configuration (the parsed form travels in
- * the GUC "extra" pointer).
+ * priority, timeout_in_sec, tasks_per_commit and batch_max_ms.  It is
+ * parsed with the server's JSON parser in the check hook; anything invalid
+ * is rejected at SET / ALTER SYSTEM / reload time with a message naming the
+ * topic and key, so the rest of the code only ever sees a valid
+ * configuration (the parsed form travels in the GUC "extra" pointer).
  *
  *-------------------------------------------------------------------------
  */
@@ -52,6 +52,8 @@ typedef struct PgbqTopicEntry
 	double		delay_in_sec;	/* < 0: not set */
 	int			priority;
 	int			timeout_in_sec;
+	int			tasks_per_commit;	/* 0: not set */
+	int			batch_max_ms;	/* 0: not set */
 } PgbqTopicEntry;
 
 typedef struct PgbqTopicConfig
@@ -70,7 +72,9 @@ typedef enum PgbqTopicKey
 	PGBQ_KEY_RETRY_COUNT,
 	PGBQ_KEY_DELAY,
 	PGBQ_KEY_PRIORITY,
-	PGBQ_KEY_TIMEOUT
+	PGBQ_KEY_TIMEOUT,
+	PGBQ_KEY_TASKS_PER_COMMIT,
+	PGBQ_KEY_BATCH_MAX_MS
 } PgbqTopicKey;
 
 static const char *const pgbq_topic_key_names[] = {
@@ -78,7 +82,9 @@ static const char *const pgbq_topic_key_names[] = {
 	"retry_count",
 	"delay_in_sec",
 	"priority",
-	"timeout_in_sec"
+	"timeout_in_sec",
+	"tasks_per_commit",
+	"batch_max_ms"
 };
 
 /* State of the semantic actions while parsing topic_config. */
@@ -243,7 +249,7 @@ pgbq_json_field_start(void *state, char *fname, bool isnull)
 				st->key = (PgbqTopicKey) k;
 		}
 		if (st->key == PGBQ_KEY_NONE)
-			pgbq_parse_fail(st, "topic \"%s\": unknown key \"%s\" (valid keys: max_parallel_running_tasks_count, retry_count, delay_in_sec, priority, timeout_in_sec)",
+			pgbq_parse_fail(st, "topic \"%s\": unknown key \"%s\" (valid keys: max_parallel_running_tasks_count, retry_count, delay_in_sec, priority, timeout_in_sec, tasks_per_commit, batch_max_ms)",
 							st->current->topic, st->keyname);
 		else if (st->key_seen[st->key])
 			pgbq_parse_fail(st, "topic \"%s\": key \"%s\" is given twice",
@@ -337,6 +343,20 @@ pgbq_json_scalar(void *state, char *token, JsonTokenType tokentype)
 			break;
 		case PGBQ_KEY_TIMEOUT:
 			t->timeout_in_sec = (int) val;
+			break;
+		case PGBQ_KEY_TASKS_PER_COMMIT:
+			if (val < 1 || val > PGBQ_MAX_TASKS_PER_COMMIT)
+				pgbq_parse_fail(st, "topic \"%s\": key \"%s\" must be between 1 and %d",
+								t->topic, st->keyname, PGBQ_MAX_TASKS_PER_COMMIT);
+			else
+				t->tasks_per_commit = (int) val;
+			break;
+		case PGBQ_KEY_BATCH_MAX_MS:
+			if (val < 1 || val > PGBQ_MAX_BATCH_MS)
+				pgbq_parse_fail(st, "topic \"%s\": key \"%s\" must be between 1 and %d",
+								t->topic, st->keyname, PGBQ_MAX_BATCH_MS);
+			else
+				t->batch_max_ms = (int) val;
 			break;
 		default:
 			break;
@@ -532,6 +552,8 @@ pgbq_topic_policy(const char *topic, PgbqTopicPolicy *policy)
 	policy->delay_in_sec = (t && t->delay_in_sec >= 0) ? t->delay_in_sec : pgbq_delay_in_sec;
 	policy->priority = (t && t->priority >= 0) ? t->priority : 100;
 	policy->timeout_in_sec = (t && t->timeout_in_sec >= 0) ? t->timeout_in_sec : pgbq_timeout_in_sec;
+	policy->tasks_per_commit = (t && t->tasks_per_commit > 0) ? t->tasks_per_commit : 1;
+	policy->batch_max_ms = (t && t->batch_max_ms > 0) ? t->batch_max_ms : PGBQ_DEFAULT_BATCH_MS;
 }
 
 /*
@@ -643,7 +665,7 @@ pgbq_guc_init(void)
 
 	DefineCustomStringVariable("pg_background_queue.topic_config",
 							   "Per-topic configuration as a JSON object.",
-							   "Keys per topic: max_parallel_running_tasks_count, retry_count, delay_in_sec, priority, timeout_in_sec.",
+							   "Keys per topic: max_parallel_running_tasks_count, retry_count, delay_in_sec, priority, timeout_in_sec, tasks_per_commit, batch_max_ms.",
 							   &pgbq_topic_config_string,
 							   "",
 							   PGC_SIGHUP, 0,

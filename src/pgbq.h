@@ -67,7 +67,22 @@ typedef struct PgbqTopicPolicy
 	double		delay_in_sec;
 	int			priority;
 	int			timeout_in_sec; /* 0: none */
+	int			tasks_per_commit;	/* 1: every task commits alone */
+	int			batch_max_ms;	/* a batch claims no task after this */
 } PgbqTopicPolicy;
+
+/*
+ * Batched commits (worker.c): a topic's tasks_per_commit is at most
+ * PGBQ_MAX_TASKS_PER_COMMIT, its batch_max_ms at most PGBQ_MAX_BATCH_MS
+ * and PGBQ_DEFAULT_BATCH_MS when not set.  Each task of a batch that writes
+ * commits a subtransaction id of its own; PostgreSQL caches at most 64 per
+ * backend (PGPROC_MAX_CACHED_SUBXIDS), and one more makes every snapshot in
+ * the cluster "suboverflowed" (visibility checks then read pg_subtrans)
+ * while the batch runs: the bound keeps a batch inside the cache.
+ */
+#define PGBQ_MAX_TASKS_PER_COMMIT	64
+#define PGBQ_MAX_BATCH_MS			10000
+#define PGBQ_DEFAULT_BATCH_MS		100
 
 extern void pgbq_guc_init(void);
 extern void pgbq_topic_policy(const char *topic, PgbqTopicPolicy *policy);
@@ -275,6 +290,8 @@ extern void pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
 extern void pgbq_notify_terminal(int64 task_id, const char *state);
 extern void pgbq_defer_notifications(void);
 extern void pgbq_forget_notifications(void);
+extern int	pgbq_held_notifications(void);
+extern void pgbq_forget_notifications_since(int n);
 extern void pgbq_flush_notifications(void);
 extern void pgbq_recover_from_error(MemoryContext ctx);
 extern void pgbq_lock_prerequisites(const PgbqCatalog *cat, int64 id,
@@ -290,6 +307,8 @@ extern PGDLLEXPORT void pgbq_worker_main(Datum main_arg);
 extern void pgbq_maintenance_run(int slotno);
 extern void pgbq_execute_sql(const char *sql);
 extern void pgbq_reset_session(void);
+extern bool pgbq_sql_batchable(const char *sql);
+extern void pgbq_fire_deferred_triggers(void);
 
 /* ---------------------------------------------------------------------
  * Enqueue-side helpers (enqueue.c)

@@ -18,6 +18,15 @@
  *	   effects committed while the task is still pending or running, and
  *	   the next attempt is recorded durably for free.
  *
+ * Batched commits (a topic's tasks_per_commit > 1, pgbq_run_batch): a task
+ * whose SQL may join a batch (pgbq_sql_batchable) starts a transaction in
+ * which it and the tasks claimed after it run, each in a subtransaction
+ * with its finished mark (or, on an error, followed by the record of its
+ * failed attempt in the batch's transaction), and all of them commit
+ * together.  Exactly once holds per task; a crash rolls the whole batch
+ * back.  A task that ignores its interrupt in a batch has the batch's
+ * first task (the only one whose claim committed) recorded on the way out.
+ *
  * A failed attempt is recorded in a new transaction (which also claims the
  * next task).  A cancel request, a timeout and a shutdown all interrupt the
  * task with a query cancel; the worker tells them apart by flags: cancel
@@ -104,6 +113,7 @@ PgbqTask   *pgbq_current_task = NULL;
 static bool pgbq_connected = false;
 static MemoryContext pgbq_task_ctx = NULL;
 static PgbqTopicPolicy pgbq_current_policy;	/* of pgbq_current_task */
+static PgbqTask *pgbq_batch_first = NULL;	/* while a batch runs */
 
 /*
  * pgbq_worker_detach
@@ -264,6 +274,13 @@ pgbq_worker_before_exit(int code, Datum arg)
 	(void) arg;
 	if (task == NULL || !pgbq_escalated)
 		return;
+
+	/*
+	 * In a batch, the tasks claimed in the batch's transaction are pending
+	 * again once it rolls back; only its first task is running in our name.
+	 */
+	if (pgbq_batch_first != NULL)
+		task = pgbq_batch_first;
 	pgbq_current_task = NULL;
 	pgbq_stop_task_timers();
 	HOLD_INTERRUPTS();
@@ -293,16 +310,13 @@ pgbq_worker_before_exit(int code, Datum arg)
 }
 
 /*
- * pgbq_run_task
- *		Run one claimed task to its end; returns the next claimed task, if
- *		one could be claimed in the same commit.
+ * pgbq_task_begins
+ *		A task becomes the current one: clear the interrupt flags of the
+ *		previous one.
  */
-static PgbqTask *
-pgbq_run_task(PgbqTask *task)
+static void
+pgbq_task_begins(PgbqTask *task)
 {
-	PgbqTask   *volatile next = NULL;
-
-	pgbq_topic_policy(task->topic, &pgbq_current_policy);
 	MemoryContextReset(pgbq_task_ctx);
 	pgbq_timed_out = false;
 	pgbq_self_terminated = false;
@@ -311,33 +325,57 @@ pgbq_run_task(PgbqTask *task)
 	pgbq_escalated = false;
 	pgbq_current_task = task;
 	pgbq_current_task_id = task->id;
+}
 
+/*
+ * pgbq_task_clock_starts
+ *		The task's statements are about to run: its timeout and the watchdog
+ *		start, and a cancel or SIGTERM that came before interrupts it at
+ *		once.
+ */
+static void
+pgbq_task_clock_starts(PgbqTask *task)
+{
+	pgstat_report_activity(STATE_RUNNING, task->sql);
+	if (pgbq_current_policy.timeout_in_sec > 0)
+		enable_timeout_after(pgbq_timeout_id,
+							 pgbq_current_policy.timeout_in_sec * 1000);
+	enable_timeout_every(pgbq_watchdog_id,
+						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 PGBQ_WATCHDOG_TICK_MS),
+						 PGBQ_WATCHDOG_TICK_MS);
+	pgbq_in_task = true;
+	/* a cancel or SIGTERM that came before the task started */
+	pg_memory_barrier();
+	if (pgbq_got_sigterm || pgbq_cancel_requested(task->id))
+	{
+		pgbq_interrupted = true;
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
+}
+
+/*
+ * pgbq_run_single
+ *		Run one claimed task to its end in a transaction of its own; returns
+ *		the next claimed task, if one could be claimed in the same commit.
+ */
+static PgbqTask *
+pgbq_run_single(PgbqTask *task)
+{
+	PgbqTask   *volatile next = NULL;
+
+	pgbq_task_begins(task);
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	MemoryContextSwitchTo(pgbq_task_ctx);
 	PG_TRY();
 	{
-		pgstat_report_activity(STATE_RUNNING, task->sql);
-		if (pgbq_current_policy.timeout_in_sec > 0)
-			enable_timeout_after(pgbq_timeout_id,
-								 pgbq_current_policy.timeout_in_sec * 1000);
-		enable_timeout_every(pgbq_watchdog_id,
-							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														 PGBQ_WATCHDOG_TICK_MS),
-							 PGBQ_WATCHDOG_TICK_MS);
-		pgbq_in_task = true;
-		/* a cancel or SIGTERM that came before the task started */
-		pg_memory_barrier();
-		if (pgbq_got_sigterm || pgbq_cancel_requested(task->id))
-		{
-			pgbq_interrupted = true;
-			InterruptPending = true;
-			QueryCancelPending = true;
-		}
+		pgbq_task_clock_starts(task);
 		pgbq_execute_sql(task->sql);
 		pgbq_task_to_bookkeeping();
 
-		next = pgbq_finish_and_claim_next(task);
+		next = pgbq_finish_and_claim_next(task, false);
 		CommitTransactionCommand();
 		pgbq_stop_task_timers();
 		pgbq_current_task = NULL;
@@ -386,6 +424,265 @@ pgbq_run_task(PgbqTask *task)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(pgbq_worker_ctx);
 	return next;
+}
+
+/*
+ * pgbq_batch_wants_leave
+ *		Should a batch stop claiming: shutdown, the launcher asks the worker
+ *		to leave, or the session could not be reset.
+ */
+static bool
+pgbq_batch_wants_leave(void)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+	uint8		exit_reasons;
+
+	if (pgbq_got_sigterm || pgbq_must_exit || pgbq_extension_dropped)
+		return true;
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	exit_reasons = me->exit_reasons;
+	LWLockRelease(pgbq_shared->lock);
+	return exit_reasons != 0 || pgbq_drop_in_progress(me->dboid);
+}
+
+/*
+ * pgbq_run_in_subxact
+ *		Inside a batch's transaction: run one task in a subtransaction of
+ *		its own, its finished mark included; on an error, roll back only
+ *		the subtransaction and record the failed or cancelled attempt (or
+ *		give the task back on shutdown) in the batch's transaction.  Sets
+ *		*shutdown when the task was given back.  Errors of the bookkeeping
+ *		in the batch's transaction propagate (the batch rolls back).
+ */
+static void
+pgbq_run_in_subxact(PgbqTask *task, bool *shutdown)
+{
+	ResourceOwner owner = CurrentResourceOwner;
+	int			held = pgbq_held_notifications();
+	ErrorData  *volatile edata = NULL;
+
+	*shutdown = false;
+	pgbq_task_begins(task);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(pgbq_task_ctx);
+	PG_TRY();
+	{
+		pgbq_task_clock_starts(task);
+		pgbq_execute_sql(task->sql);
+		pgbq_fire_deferred_triggers();
+		pgbq_task_to_bookkeeping();
+		(void) pgbq_finish_and_claim_next(task, true);
+		ReleaseCurrentSubTransaction();
+		CurrentResourceOwner = owner;
+		pgbq_stop_task_timers();
+	}
+	PG_CATCH();
+	{
+		pgbq_stop_task_timers();
+		MemoryContextSwitchTo(pgbq_task_ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		CurrentResourceOwner = owner;
+		pgbq_forget_notifications_since(held);
+		QueryCancelPending = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(pgbq_task_ctx);
+
+	if (edata != NULL)
+	{
+		bool		cancelled = false;
+		const char *message = edata->message;
+		char		sqlstate[6];
+
+		strlcpy(sqlstate, unpack_sql_state(edata->sqlerrcode), sizeof(sqlstate));
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			const char *why = pgbq_classify_interrupt(task, &pgbq_current_policy,
+													  &cancelled, shutdown);
+
+			if (why != NULL)
+				message = why;
+		}
+		elog(DEBUG1, "pg_background_queue: task " INT64_FORMAT " of a batch failed: %s",
+			 task->id, edata->message);
+		pgbq_begin_bookkeeping_tick(true);
+		pgbq_record_end_in_batch(task, cancelled, *shutdown, sqlstate,
+								 message, edata->detail);
+		pgbq_stop_task_timers();
+	}
+	pgbq_current_task = NULL;
+}
+
+/*
+ * pgbq_run_batch
+ *		Run tasks of a topic with tasks_per_commit > 1 in one transaction,
+ *		each in a subtransaction with its finished mark, and commit them
+ *		together; returns the next claimed task (one that cannot join the
+ *		batch), if any.  first was claimed before the batch began; each
+ *		further task is claimed in the batch's transaction, with the same
+ *		claim as any other, so priorities, limits and rate limits are those
+ *		of single tasks: the batch goes on while the claim returns a task of
+ *		the same topic that may join a batch, up to tasks_per_commit tasks
+ *		and until batch_max_ms have passed since it began.  The worker's
+ *		slot stays taken from one task to the next (the topic's capacity is
+ *		not up for grabs in between), and is released after the commit.
+ *		The session is reset after each task, in the batch's transaction
+ *		(the reset of pgbq_reset_between_tasks follows the commit as after
+ *		a single task).
+ *
+ *		An error outside a task's subtransaction (recording a failure, the
+ *		reset, the claim, the commit itself) rolls the whole batch back: the
+ *		tasks claimed in it are pending again as if never claimed, and the
+ *		first task's attempt is recorded as failed with that error.
+ */
+static PgbqTask *
+pgbq_run_batch(PgbqTask *first)
+{
+	PgbqTask   *volatile next = NULL;
+	PgbqTask   *volatile task = first;
+	MemoryContext ctx = CurrentMemoryContext;
+	TimestampTz batch_end;
+	volatile int ntasks = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+
+	/*
+	 * Batches commit at READ COMMITTED, READ WRITE only: a task's snapshot
+	 * at a higher level would be the batch's (the role's defaults may ask
+	 * for one); such a worker runs every task alone.
+	 */
+	if (IsolationUsesXactSnapshot() || XactReadOnly)
+	{
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(ctx);
+		return pgbq_run_single(first);
+	}
+	batch_end = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											pgbq_current_policy.batch_max_ms);
+	pgbq_batch_first = first;
+	PG_TRY();
+	{
+		for (;;)
+		{
+			bool		shutdown;
+			PgbqTask   *claimed;
+
+			pgbq_run_in_subxact(task, &shutdown);
+			ntasks++;
+
+			/* what the task did to the session, before anything else runs */
+			pgbq_reset_session();
+			XactReadOnly = false;
+			if (task != first)
+			{
+				pfree(task->sql);
+				if (task->topic)
+					pfree(task->topic);
+				pfree(task);
+				task = first;
+			}
+			if (shutdown || ntasks >= pgbq_current_policy.tasks_per_commit ||
+				GetCurrentTimestamp() >= batch_end || pgbq_batch_wants_leave())
+				break;
+
+			/* the claimed task itself is copied to pgbq_worker_ctx */
+			MemoryContextSwitchTo(pgbq_task_ctx);
+			claimed = pgbq_batch_claim();
+			if (claimed == NULL)
+				break;
+			if ((claimed->topic == NULL) != (first->topic == NULL) ||
+				(claimed->topic != NULL && strcmp(claimed->topic, first->topic) != 0) ||
+				!pgbq_sql_batchable(claimed->sql))
+			{
+				/* runs after the commit, as a claim fused into it */
+				next = claimed;
+				break;
+			}
+			task = claimed;
+		}
+		MemoryContextSwitchTo(ctx);
+		CommitTransactionCommand();
+
+		/*
+		 * The slot stayed taken from task to task, so that no other worker
+		 * took the topic's capacity between two of them; a next task of
+		 * another topic has it now.
+		 */
+		if (next == NULL)
+			pgbq_release_slot_task();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		char		sqlstate[6];
+		PgbqSlot   *me = &pgbq_shared->slots[pgbq_slotno];
+
+		pgbq_stop_task_timers();
+		MemoryContextSwitchTo(pgbq_task_ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		pgbq_batch_first = NULL;
+		pgbq_forget_notifications();
+		QueryCancelPending = false;
+		if (task != first)
+		{
+			pfree(task->sql);
+			if (task->topic)
+				pfree(task->topic);
+			pfree(task);
+		}
+		if (next != NULL)
+		{
+			pfree(next->sql);
+			if (next->topic)
+				pfree(next->topic);
+			pfree(next);
+		}
+		/* the slot may hold a task whose claim rolled back */
+		LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+		if (me->state == PGBQ_SLOT_RUNNING && me->task_id != first->id)
+		{
+			LWLockRelease(pgbq_shared->lock);
+			pgbq_release_slot_task();
+		}
+		else
+			LWLockRelease(pgbq_shared->lock);
+		strlcpy(sqlstate, unpack_sql_state(edata->sqlerrcode), sizeof(sqlstate));
+		ereport(LOG,
+				(errmsg("pg_background_queue: a batch of %d task(s) of topic \"%s\" rolled back: %s",
+						ntasks + 1, first->topic ? first->topic : "", edata->message)));
+		pgbq_current_task = first;
+		next = pgbq_record_end_guarded(first, false, false, sqlstate,
+									   edata->message, edata->detail);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	pgbq_batch_first = NULL;
+	pgbq_flush_notifications();
+	pgbq_reset_between_tasks();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(pgbq_worker_ctx);
+	return next;
+}
+
+/*
+ * pgbq_run_task
+ *		Run one claimed task, alone or, for a topic with tasks_per_commit >
+ *		1 and SQL that may join a batch, as the first of a batch; returns
+ *		the next claimed task, if any.
+ */
+static PgbqTask *
+pgbq_run_task(PgbqTask *task)
+{
+	pgbq_topic_policy(task->topic, &pgbq_current_policy);
+	if (pgbq_current_policy.tasks_per_commit > 1 &&
+		pgbq_sql_batchable(task->sql))
+		return pgbq_run_batch(task);
+	return pgbq_run_single(task);
 }
 
 /*

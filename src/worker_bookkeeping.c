@@ -600,10 +600,13 @@ pgbq_give_back_guarded(PgbqTask *task)
 /*
  * pgbq_finish_and_claim_next
  *		In the task's transaction: mark it finished, release the slot and
- *		claim the next task (returned, or NULL).
+ *		claim the next task (returned, or NULL).  A task of a batch
+ *		(in_batch) is only marked finished, in its subtransaction: the slot
+ *		stays taken for the batch's next task, which worker.c claims after
+ *		releasing the subtransaction.
  */
 PgbqTask *
-pgbq_finish_and_claim_next(PgbqTask *task)
+pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 {
 	Oid			save_userid;
 	int			save_sec;
@@ -640,7 +643,8 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
 						task->id)));
 	pgbq_notify_terminal(task->id, "finished");
-	pgbq_release_slot_task();
+	if (!in_batch)
+		pgbq_release_slot_task();
 
 	/*
 	 * Claim the next task in this commit only at READ COMMITTED: at a
@@ -649,7 +653,7 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	 * pending and fail to lock them with a serialization error.  The loop
 	 * claims in a transaction of its own instead.
 	 */
-	if (!pgbq_got_sigterm && !IsolationUsesXactSnapshot() &&
+	if (!in_batch && !pgbq_got_sigterm && !IsolationUsesXactSnapshot() &&
 		!pgbq_slot_yielding(pgbq_slotno))
 		next = pgbq_claim(&wait_until, &blocked);
 	pgbq_end_privileged(nest, save_userid, save_sec);
@@ -703,6 +707,63 @@ pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 	if (shutdown)
 		pgbq_reannounce();
 	return next;
+}
+
+/*
+ * pgbq_record_end_in_batch
+ *		In a batch's transaction, after the task's subtransaction rolled
+ *		back: give the task back (shutdown) or record its failed or
+ *		cancelled attempt; both commit with the batch.  The slot stays taken
+ *		(see pgbq_finish_and_claim_next).  If the extension was dropped
+ *		meanwhile, an error aborts the batch.
+ */
+void
+pgbq_record_end_in_batch(PgbqTask *task, bool cancelled, bool shutdown,
+						 const char *sqlstate, const char *message,
+						 const char *detail)
+{
+	int			nest;
+	bool		alive;
+
+	nest = NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	alive = pgbq_task_table_alive(task);
+	SPI_finish();
+	if (!alive)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"%s\" was dropped while task " INT64_FORMAT " ran",
+						PGBQ_EXTENSION_NAME, task->id)));
+	if (shutdown)
+		pgbq_give_back(task);
+	else
+		pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
+									cancelled, sqlstate, message, detail);
+	PopActiveSnapshot();
+	AtEOXact_GUC(true, nest);
+}
+
+/*
+ * pgbq_batch_claim
+ *		In a batch's transaction: claim the next task, in the bookkeeping
+ *		baseline.  NULL if none can start now or the extension is gone.
+ */
+PgbqTask *
+pgbq_batch_claim(void)
+{
+	PgbqTask   *task = NULL;
+	TimestampTz wait_until = 0;
+	bool		blocked = false;
+	int			nest;
+
+	nest = NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
+	(void) pgbq_bookkeeping_claim(&task, &wait_until, &blocked);
+	AtEOXact_GUC(true, nest);
+	return task;
 }
 
 /*

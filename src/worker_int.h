@@ -82,7 +82,11 @@ extern bool pgbq_guarded_claim(PgbqTask **task, TimestampTz *wait_until,
 							   bool *blocked);
 extern void pgbq_hand_over_wakeup(void);
 extern void pgbq_give_back_guarded(PgbqTask *task);
-extern PgbqTask *pgbq_finish_and_claim_next(PgbqTask *task);
+extern PgbqTask *pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch);
+extern void pgbq_record_end_in_batch(PgbqTask *task, bool cancelled,
+									 bool shutdown, const char *sqlstate,
+									 const char *message, const char *detail);
+extern PgbqTask *pgbq_batch_claim(void);
 extern PgbqTask *pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 								 const char *sqlstate, const char *message,
 								 const char *detail, bool claim_next);

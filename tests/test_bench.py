@@ -78,6 +78,7 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
     if batched["supported"]:
         assert batched["ours"] > 0
         assert batched["ratio"] == batched["ours"] / res.ceiling[w]
+        assert batched["vs_unbatched"] == batched["ours"] / batched["unbatched"]
     else:  # the build rejects the key at SET time: reported, the run goes on
         assert "tasks_per_commit" in batched["reason"]
         assert "not supported: the extension rejects the key" in report

@@ -524,7 +524,8 @@ class Bench:
         }  # fmt: skip
 
     def batched(self, workers: int, tasks: int, ceiling: float) -> dict[str, Any]:
-        """A topic with ``tasks_per_commit``; "not supported" if the extension rejects it."""
+        """A topic with ``tasks_per_commit``; "not supported" if the extension rejects it.
+        Beside the ceiling, the same tasks one commit each (``unbatched``), in the same run."""
         config = json.dumps({BATCHED_TOPIC: {"tasks_per_commit": TASKS_PER_COMMIT}})
         base: dict[str, Any] = {
             "workers": workers, "tasks_per_commit": TASKS_PER_COMMIT, "ceiling": ceiling,
@@ -548,7 +549,11 @@ class Bench:
         finally:
             self.set_conf("pg_background_queue.topic_config", None)
         ours = tasks / (t1 - t0)
-        return {**base, "supported": True, "tasks": tasks, "ours": ours, "ratio": ours / ceiling}
+        unbatched = self.throughput(workers, tasks)
+        return {
+            **base, "supported": True, "tasks": tasks, "ours": ours, "ratio": ours / ceiling,
+            "unbatched": unbatched, "vs_unbatched": ours / unbatched,
+        }  # fmt: skip
 
     def memory(self, first: int, second: int) -> tuple[dict[int, dict[str, int]], float]:
         """RSS (kB) of one worker after ``first`` and ``second`` tasks; log bytes per task."""
