@@ -37,7 +37,10 @@ def node() -> Iterator[Any]:
 
 def stream(node: Any, tag: str, priority: int = 5) -> list[int]:
     """Enqueue STREAM short tasks of one priority; return their ids."""
-    return [enqueue(node, f"SELECT pg_sleep({STEP}) /* {tag} {i} */", None, priority) for i in range(STREAM)]
+    return [
+        enqueue(node, f"SELECT pg_sleep({STEP}) /* {tag} {i} */", None, priority)
+        for i in range(STREAM)
+    ]
 
 
 def started_after(node: Any, ids: list[int], instant: Any) -> list[int]:
@@ -58,11 +61,14 @@ def wait_started(node: Any, ids: list[int], count: int) -> None:
 
 def test_claimable_trigger_installed(node: Any) -> None:
     """The trigger that lowers the floor is part of the extension (1.3)."""
-    assert scalar(
-        node,
-        "SELECT count(*) FROM pg_trigger WHERE tgname = 'pg_background_tasks_claimable' "
-        "AND tgrelid = 'pg_background_tasks'::regclass AND tgenabled = 'O'",
-    ) == 1
+    assert (
+        scalar(
+            node,
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'pg_background_tasks_claimable' "
+            "AND tgrelid = 'pg_background_tasks'::regclass AND tgenabled = 'O'",
+        )
+        == 1
+    )
 
 
 def test_higher_priority_behind_floor_runs_next(node: Any) -> None:
@@ -73,7 +79,8 @@ def test_higher_priority_behind_floor_runs_next(node: Any) -> None:
     committed = scalar(node, "SELECT clock_timestamp()")
     wait_tasks(node, [urgent, *ids])
     order = started_after(node, [urgent, *ids], committed)
-    assert order and order[0] == urgent, (
+    assert order, f"no task was claimed after task {urgent} committed"
+    assert order[0] == urgent, (
         f"claims after task {urgent} committed took {order} (the urgent task was passed over)"
     )
 
@@ -91,7 +98,8 @@ def test_delayed_task_behind_floor_runs_when_due(node: Any) -> None:
     wait_tasks(node, [delayed, *ids])
     due = task_due(node, delayed)
     order = started_after(node, [delayed, *ids], due)
-    assert order and order[0] == delayed, (
+    assert order, f"no task was claimed after task {delayed} was due"
+    assert order[0] == delayed, (
         f"claims after task {delayed} was due took {order} (the delayed task was passed over)"
     )
 
