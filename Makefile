@@ -8,6 +8,7 @@ OBJS = \
 	pg_background_queue.o \
 	src/admin.o \
 	src/catalog.o \
+	src/claim_floor.o \
 	src/enqueue.o \
 	src/executor.o \
 	src/guc.o \

@@ -62,6 +62,7 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/extension.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "commands/dbcommands.h"
@@ -141,6 +142,10 @@ pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok)
 	 * then behave as before (or not be reachable, like new functions).
 	 */
 	cat->has_workflows = (get_attnum(cat->table_oid, "after") != InvalidAttrNumber);
+	/* 1.3: without the trigger nothing lowers the claim floor */
+	cat->has_claim_floor = OidIsValid(get_trigger_oid(cat->table_oid,
+													  "pg_background_tasks_claimable",
+													  true));
 
 	nspname = get_namespace_name(cat->nspoid);
 	cat->qualified_schema = pstrdup(quote_identifier(nspname));

@@ -185,6 +185,30 @@ typedef struct PgbqRateTopic
 	TimestampTz last_start;
 } PgbqRateTopic;
 
+/* A row's position in the claim order (claim index without the owner). */
+typedef struct PgbqClaimKey
+{
+	int32		priority;
+	TimestampTz next_run_at;
+	int64		id;
+} PgbqClaimKey;
+
+/* Lowerings an advance in flight can account for (see claim_floor.c). */
+#define PGBQ_FLOOR_RING			16
+
+typedef struct PgbqFloor
+{
+	bool		in_use;
+	Oid			dboid;
+	Oid			roleoid;
+	Oid			table_oid;		/* the task table the floor is about */
+	bool		valid;			/* false: claim from the front */
+	PgbqClaimKey floor;			/* every claimable row is at or above it */
+	uint64		epoch;			/* bumped by every lowering */
+	PgbqClaimKey ring[PGBQ_FLOOR_RING]; /* lowering of epoch e at e % RING */
+	TimestampTz last_front_scan;	/* last claim from the front */
+} PgbqFloor;
+
 typedef struct PgbqShared
 {
 	LWLock	   *lock;
@@ -196,6 +220,7 @@ typedef struct PgbqShared
 	PgbqDemand	demands[PGBQ_MAX_DEMANDS];
 	PgbqDatabase databases[PGBQ_MAX_DATABASES];
 	PgbqRateTopic rates[PGBQ_MAX_RATE_TOPICS];
+	PgbqFloor	floors[PGBQ_MAX_DEMANDS];	/* claim_floor.c */
 	PgbqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } PgbqShared;
 
@@ -236,6 +261,17 @@ extern bool pgbq_others_wait(int slotno);
 extern bool pgbq_slot_yielding(int slotno);
 
 /* ---------------------------------------------------------------------
+ * Claim floor (claim_floor.c)
+ * ------------------------------------------------------------------- */
+
+extern int	pgbq_claim_key_cmp(const PgbqClaimKey *a, const PgbqClaimKey *b);
+extern void pgbq_claim_key_lowest(PgbqClaimKey *key);
+extern void pgbq_floor_read(Oid dboid, Oid roleoid, Oid table_oid,
+							PgbqClaimKey *key, uint64 *epoch);
+extern void pgbq_floor_advance(Oid dboid, Oid roleoid, Oid table_oid,
+							   uint64 epoch, const PgbqClaimKey *proposal);
+
+/* ---------------------------------------------------------------------
  * Workflows (workflow.c): paused topics
  * ------------------------------------------------------------------- */
 
@@ -266,6 +302,7 @@ typedef struct PgbqCatalog
 	char	   *qualified_table;	/* quoted schema.pg_background_tasks */
 	char	   *qualified_schema;	/* quoted schema */
 	bool		has_workflows;	/* SQL objects of 1.2 or later (after, dedupe_key) */
+	bool		has_claim_floor;	/* 1.3's claimable trigger keeps the floor */
 } PgbqCatalog;
 
 extern bool pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok);

@@ -56,6 +56,7 @@ static SPIPlanPtr pgbq_claim_plan = NULL;
 static SPIPlanPtr pgbq_mark_running_plan = NULL;
 static SPIPlanPtr pgbq_finish_plan = NULL;
 static SPIPlanPtr pgbq_next_eligible_plan = NULL;
+static SPIPlanPtr pgbq_floor_check_plan = NULL;
 
 /*
  * pgbq_prepare
@@ -87,14 +88,18 @@ pgbq_worker_plans(void)
 {
 	PgbqCatalog cat;
 	MemoryContext old;
-	Oid			claim_types[3] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID};
+	Oid			claim_types[6] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID,
+	INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			finish_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
-	Oid			next_types[1] = {OIDOID};
+	Oid			next_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Oid			check_types[7] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID,
+	INT4OID, TIMESTAMPTZOID, INT8OID};
 	SPIPlanPtr	claim;
 	SPIPlanPtr volatile mark = NULL;
 	SPIPlanPtr volatile finish = NULL;
 	SPIPlanPtr volatile next = NULL;
+	SPIPlanPtr volatile check = NULL;
 	const char *t;
 	Oid			save_userid;
 	int			save_sec;
@@ -133,12 +138,17 @@ pgbq_worker_plans(void)
 	 */
 	nest = pgbq_begin_privileged(cat.owner, &save_userid, &save_sec);
 	t = cat.qualified_table;
-	claim = pgbq_prepare(psprintf("SELECT id, topic, state::text FROM %s "
+	/*
+	 * The claim starts at the claim floor ($4, $5, $6; see claim_floor.c),
+	 * a bound of the claim index scan.
+	 */
+	claim = pgbq_prepare(psprintf("SELECT id, topic, state::text, priority, next_run_at FROM %s "
 								  "WHERE owner = $1 AND state IN ('pending', 'retrying') "
 								  "AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
+								  "AND (priority, next_run_at, id) >= ($4, $5, $6) "
 								  "ORDER BY priority, next_run_at, id "
 								  "LIMIT 1 FOR UPDATE SKIP LOCKED", t),
-						 3, claim_types);
+						 6, claim_types);
 	PG_TRY();
 	{
 		mark = pgbq_prepare(psprintf("UPDATE %s SET state = 'running', "
@@ -153,12 +163,22 @@ pgbq_worker_plans(void)
 							  3, finish_types);
 		next = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
 									 "WHERE owner = $1 "
-									 "AND state IN ('pending', 'retrying')", t),
-							1, next_types);
+									 "AND state IN ('pending', 'retrying') "
+									 "AND (priority, next_run_at, id) >= ($2, $3, $4)", t),
+							4, next_types);
+		/* the first row still claimable between the floor and the claimed */
+		check = pgbq_prepare(psprintf("SELECT priority, next_run_at, id FROM %s "
+									  "WHERE owner = $1 AND state IN ('pending', 'retrying') "
+									  "AND (priority, next_run_at, id) >= ($2, $3, $4) "
+									  "AND (priority, next_run_at, id) < ($5, $6, $7) "
+									  "ORDER BY priority, next_run_at, id LIMIT 1", t),
+							 7, check_types);
 	}
 	PG_CATCH();
 	{
 		/* kept plans are not freed by the abort */
+		if (check)
+			SPI_freeplan(check);
 		if (next)
 			SPI_freeplan(next);
 		if (finish)
@@ -177,11 +197,13 @@ pgbq_worker_plans(void)
 		SPI_freeplan(pgbq_mark_running_plan);
 		SPI_freeplan(pgbq_finish_plan);
 		SPI_freeplan(pgbq_next_eligible_plan);
+		SPI_freeplan(pgbq_floor_check_plan);
 	}
 	pgbq_claim_plan = claim;
 	pgbq_mark_running_plan = mark;
 	pgbq_finish_plan = finish;
 	pgbq_next_eligible_plan = next;
+	pgbq_floor_check_plan = check;
 	pgbq_cat = cat;
 	return true;
 }
@@ -237,6 +259,45 @@ pgbq_text_array(List *topics)
 }
 
 /*
+ * pgbq_floor_propose
+ *		After the first claim round found the row at key found (claimed or
+ *		held back by a topic limit), starting at start: propose the first
+ *		row still claimable in between (delayed, or locked by another claim),
+ *		or found itself, as the role's new claim floor.
+ */
+static void
+pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
+				   const PgbqClaimKey *found)
+{
+	Datum		args[7];
+	PgbqClaimKey proposal = *found;
+	int			rc;
+
+	args[0] = ObjectIdGetDatum(roleoid);
+	args[1] = Int32GetDatum(start->priority);
+	args[2] = TimestampTzGetDatum(start->next_run_at);
+	args[3] = Int64GetDatum(start->id);
+	args[4] = Int32GetDatum(found->priority);
+	args[5] = TimestampTzGetDatum(found->next_run_at);
+	args[6] = Int64GetDatum(found->id);
+	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		proposal.priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		proposal.next_run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		proposal.id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	pgbq_floor_advance(MyDatabaseId, roleoid, pgbq_cat.table_oid, epoch,
+					   &proposal);
+}
+
+/*
  * pgbq_claim
  *		Claim the next eligible task of our role, in the current transaction
  *		(caller is inside SPI and a privileged section).  Returns NULL if
@@ -248,12 +309,27 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 {
 	List	   *skipped = NIL;
 	int			round;
+	Oid			roleoid = pgbq_shared->slots[pgbq_slotno].roleoid;
+	PgbqClaimKey start;
+	uint64		epoch = 0;
 
 	*wait_until = 0;
 	*blocked = false;
+
+	/*
+	 * Read the floor before the claim query takes its snapshot (see
+	 * claim_floor.c).  SQL objects older than 1.3 have no trigger to lower
+	 * it: claim from the front, as before.
+	 */
+	if (pgbq_cat.has_claim_floor)
+		pgbq_floor_read(MyDatabaseId, roleoid, pgbq_cat.table_oid, &start,
+						&epoch);
+	else
+		pgbq_claim_key_lowest(&start);
+
 	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
 	{
-		Datum		args[3];
+		Datum		args[6];
 		bool		isnull;
 		int64		id;
 		char	   *topic = NULL;
@@ -264,9 +340,12 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		TimestampTz retry_at;
 		int			rc;
 
-		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
+		args[0] = ObjectIdGetDatum(roleoid);
 		args[1] = TimestampTzGetDatum(now);
 		args[2] = pgbq_text_array(skipped);
+		args[3] = Int32GetDatum(start.priority);
+		args[4] = TimestampTzGetDatum(start.next_run_at);
+		args[5] = Int64GetDatum(start.id);
 		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -276,6 +355,24 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 										 SPI_tuptable->tupdesc, 1, &isnull));
 		topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 		prev_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+
+		/*
+		 * Only the first round moves the floor: later rounds skip the rows
+		 * of topics held back, which must stay above it.
+		 */
+		if (round == 0 && pgbq_cat.has_claim_floor)
+		{
+			PgbqClaimKey found;
+
+			found.priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc,
+														 4, &isnull));
+			found.next_run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+																  SPI_tuptable->tupdesc,
+																  5, &isnull));
+			found.id = id;
+			pgbq_floor_propose(roleoid, &start, epoch, &found);
+		}
 
 		pgbq_topic_policy(topic, &policy);
 		res = pgbq_slot_try_start(pgbq_slotno, id, topic, &policy, now, &retry_at);
@@ -310,15 +407,21 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		skipped = lappend(skipped, topic ? topic : "");
 	}
 
-	/* Nothing can start now: when could something become eligible? */
+	/*
+	 * Nothing can start now: when could something become eligible?  Every
+	 * claimable row is at or above the floor the claim started from.
+	 */
 	{
-		Datum		args[1];
+		Datum		args[4];
 		bool		isnull;
 		Datum		d;
 		int			rc;
 
-		args[0] = ObjectIdGetDatum(pgbq_shared->slots[pgbq_slotno].roleoid);
-		rc = SPI_execute_plan(pgbq_next_eligible_plan, args, NULL, true, 1);
+		args[0] = ObjectIdGetDatum(roleoid);
+		args[1] = Int32GetDatum(start.priority);
+		args[2] = TimestampTzGetDatum(start.next_run_at);
+		args[3] = Int64GetDatum(start.id);
+		rc = SPI_execute_plan(pgbq_next_eligible_plan, args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "could not compute next eligible time");
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,

@@ -86,6 +86,10 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
     assert set(res.backlog) == set(quick.backlogs)
     # the claim is an index scan of the claim index: no sort, no sequential scan
     assert "Index Scan using pg_background_tasks_claim_idx" in res.claim_plan
+    # the claim floor bounds the index scan itself (1.3), not a filter on what it returns
+    index_cond = [ln for ln in res.claim_plan.splitlines() if "Index Cond:" in ln]
+    assert index_cond, res.claim_plan
+    assert "ROW(priority, next_run_at, id) >= ROW($4, $5, $6)" in index_cond[0], res.claim_plan
     assert "Sort" not in res.claim_plan
     assert "Seq Scan" not in res.claim_plan
 

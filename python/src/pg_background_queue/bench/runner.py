@@ -35,11 +35,12 @@ TASK_SQL = "INSERT INTO public.bench_sink (at) VALUES (clock_timestamp())"
 CEILING_SCRIPT = (
     "\\set id random(1, 10000)\nUPDATE public.bench_ceiling SET n = n + 1 WHERE id = :id;\n"
 )
+#: The worker's claim (src/worker_bookkeeping.c), starting at the claim floor ($4, $5, $6).
 CLAIM_SQL = (
-    "SELECT id, topic, state::text FROM public.pg_background_tasks "
+    "SELECT id, topic, state::text, priority, next_run_at FROM public.pg_background_tasks "
     "WHERE owner = $1 AND state IN ('pending', 'retrying') AND next_run_at <= $2 "
-    "AND COALESCE(topic, '') <> ALL ($3) ORDER BY priority, next_run_at, id "
-    "LIMIT 1 FOR UPDATE SKIP LOCKED"
+    "AND COALESCE(topic, '') <> ALL ($3) AND (priority, next_run_at, id) >= ($4, $5, $6) "
+    "ORDER BY priority, next_run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
 BENCH_CONF: dict[str, ConfValue] = {
     "fsync": "on",
@@ -364,10 +365,14 @@ class Bench:
         """The worker's claim statement, planned generically as SPI does, on this queue."""
         with self.conn.transaction():
             self.conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            self.conn.execute(f"PREPARE pgbq_claim(oid, timestamptz, text[]) AS {CLAIM_SQL}")
+            self.conn.execute(
+                "PREPARE pgbq_claim(oid, timestamptz, text[], int4, timestamptz, int8) "
+                f"AS {CLAIM_SQL}"
+            )
+            # from the front (no floor): the claim's longest walk
             rows = self.conn.execute(
                 "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE pgbq_claim("
-                "'postgres'::regrole, now(), '{}')"
+                "'postgres'::regrole, now(), '{}', -1, '-infinity', 0)"
             ).fetchall()
             self.conn.execute("DEALLOCATE pgbq_claim")
         return "\n".join(r[0] for r in rows)

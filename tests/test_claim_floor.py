@@ -1,0 +1,122 @@
+"""The claim floor (issue 15): a worker's claim starts where its role's last claim ended, so
+that a long transaction (which keeps the dead index entries of claimed tasks) cannot slow it
+down. These tests check that no task is ever passed over because of it: a task that becomes
+claimable behind the floor (a higher priority, a delay that ends) is the next one claimed.
+
+Every assertion is causal, never timed: a claim whose start time is after a task became
+claimable and committed must take that task if it is the first in claim order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from core_helpers import enqueue, query, scalar, wait_tasks
+from pg_background_queue.testing.cluster import destroy_node, make_node
+
+#: Tasks of the background stream, and how long each runs (s).
+STREAM = 12
+STEP = 0.15
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Any]:
+    # one worker: claims happen one after another, in claim order
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 1,
+            "pg_background_queue.worker_idle_timeout": "30s",
+        }
+    )
+    yield n
+    destroy_node(n)
+
+
+def stream(node: Any, tag: str, priority: int = 5) -> list[int]:
+    """Enqueue STREAM short tasks of one priority; return their ids."""
+    return [
+        enqueue(node, f"SELECT pg_sleep({STEP}) /* {tag} {i} */", None, priority)
+        for i in range(STREAM)
+    ]
+
+
+def started_after(node: Any, ids: list[int], instant: Any) -> list[int]:
+    """Tasks among ids that were claimed after instant, in the order they were claimed."""
+    rows = query(
+        node,
+        "SELECT id FROM pg_background_tasks WHERE id = ANY(%s) AND started_at > %s "
+        "ORDER BY started_at, id",
+        (ids, instant),
+    )
+    return [int(r["id"]) for r in rows]
+
+
+def wait_started(node: Any, ids: list[int], count: int) -> None:
+    """Wait until at least count of the tasks have started (the floor has moved past them)."""
+    wait_tasks(node, ids[:count], states=("running", "finished"))
+
+
+def test_claimable_trigger_installed(node: Any) -> None:
+    """The trigger that lowers the floor is part of the extension (1.3)."""
+    assert (
+        scalar(
+            node,
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'pg_background_tasks_claimable' "
+            "AND tgrelid = 'pg_background_tasks'::regclass AND tgenabled = 'O'",
+        )
+        == 1
+    )
+
+
+def test_higher_priority_behind_floor_runs_next(node: Any) -> None:
+    """A task enqueued with a higher priority than the floor's (so behind it) runs next."""
+    ids = stream(node, "prio")
+    wait_started(node, ids, 3)
+    urgent = enqueue(node, "SELECT 1 /* urgent */", None, 1)
+    committed = scalar(node, "SELECT clock_timestamp()")
+    wait_tasks(node, [urgent, *ids])
+    order = started_after(node, [urgent, *ids], committed)
+    assert order, f"no task was claimed after task {urgent} committed"
+    assert order[0] == urgent, (
+        f"claims after task {urgent} committed took {order} (the urgent task was passed over)"
+    )
+
+
+def test_delayed_task_behind_floor_runs_when_due(node: Any) -> None:
+    """A task that was delayed when the floor moved past its key runs as soon as it is due."""
+    delayed = int(
+        scalar(
+            node,
+            "SELECT pg_background_enqueue('SELECT 2 /* delayed */', NULL, 1, "
+            "clock_timestamp() + interval '0.8 s')",
+        )
+    )
+    ids = stream(node, "delay")
+    wait_tasks(node, [delayed, *ids])
+    due = task_due(node, delayed)
+    order = started_after(node, [delayed, *ids], due)
+    assert order, f"no task was claimed after task {delayed} was due"
+    assert order[0] == delayed, (
+        f"claims after task {delayed} was due took {order} (the delayed task was passed over)"
+    )
+
+
+def task_due(node: Any, task_id: int) -> Any:
+    """When a task became eligible."""
+    return scalar(node, "SELECT next_run_at FROM pg_background_tasks WHERE id = %s", (task_id,))
+
+
+def test_stale_floor_is_caught_by_a_front_scan(node: Any) -> None:
+    """With the trigger disabled nothing lowers the floor: the periodic claim from the front
+    still finds the task (later), so a missed lowering can delay a task, never lose it."""
+    query(node, "ALTER TABLE pg_background_tasks DISABLE TRIGGER pg_background_tasks_claimable")
+    try:
+        ids = stream(node, "stale")
+        wait_started(node, ids, 3)
+        urgent = enqueue(node, "SELECT 3 /* urgent, unannounced */", None, 1)
+        wait_tasks(node, [urgent, *ids])
+    finally:
+        query(node, "ALTER TABLE pg_background_tasks ENABLE TRIGGER pg_background_tasks_claimable")
