@@ -141,6 +141,7 @@ pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok)
 	 * then behave as before (or not be reachable, like new functions).
 	 */
 	cat->has_workflows = (get_attnum(cat->table_oid, "after") != InvalidAttrNumber);
+	cat->has_results = (get_attnum(cat->table_oid, "result") != InvalidAttrNumber);
 
 	nspname = get_namespace_name(cat->nspoid);
 	cat->qualified_schema = pstrdup(quote_identifier(nspname));
@@ -398,6 +399,7 @@ pgbq_flush_notifications(void)
 void
 pgbq_notify_terminal(int64 task_id, const char *state)
 {
+	pgbq_wait_note_end();
 	if (!pgbq_notify)
 		return;
 	if (!pgbq_notify_deferred)

@@ -334,7 +334,7 @@ pgbq_run_task(PgbqTask *task)
 			InterruptPending = true;
 			QueryCancelPending = true;
 		}
-		pgbq_execute_sql(task->sql);
+		pgbq_execute_sql(task->sql, task->capture ? &task->result : NULL);
 		pgbq_task_to_bookkeeping();
 
 		next = pgbq_finish_and_claim_next(task);

@@ -27,6 +27,7 @@
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -89,7 +90,7 @@ pgbq_worker_plans(void)
 	MemoryContext old;
 	Oid			claim_types[3] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID};
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
-	Oid			finish_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
+	Oid			finish_types[5] = {INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, BOOLOID};
 	Oid			next_types[1] = {OIDOID};
 	SPIPlanPtr	claim;
 	SPIPlanPtr volatile mark = NULL;
@@ -108,7 +109,14 @@ pgbq_worker_plans(void)
 	if (OidIsValid(pgbq_cat.table_oid))
 	{
 		LockRelationOid(pgbq_cat.table_oid, RowShareLock);
-		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)))
+
+		/*
+		 * ALTER EXTENSION ... UPDATE to 1.3 keeps the table but adds the
+		 * result column: prepare the plans again to fill it from then on.
+		 */
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)) &&
+			(pgbq_cat.has_results ||
+			 get_attnum(pgbq_cat.table_oid, "result") == InvalidAttrNumber))
 			return true;
 	}
 
@@ -146,11 +154,19 @@ pgbq_worker_plans(void)
 									 "closed_at = NULL, worker_pid = $3 "
 									 "WHERE id = $1 RETURNING sql_statement", t),
 							3, mark_types);
-		finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-									   "worker_pid = NULL "
-									   "WHERE id = $1 AND state = 'running' "
-									   "AND worker_pid = $3", t),
-							  3, finish_types);
+		if (cat.has_results)
+			finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+										   "worker_pid = NULL, result = $4, "
+										   "result_truncated = $5 "
+										   "WHERE id = $1 AND state = 'running' "
+										   "AND worker_pid = $3", t),
+								  5, finish_types);
+		else
+			finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+										   "worker_pid = NULL "
+										   "WHERE id = $1 AND state = 'running' "
+										   "AND worker_pid = $3", t),
+								  3, finish_types);
 		next = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
 									 "WHERE owner = $1 "
 									 "AND state IN ('pending', 'retrying')", t),
@@ -300,6 +316,8 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 			task->topic = topic ? pstrdup(topic) : NULL;
 			strlcpy(task->prev_state, prev_state, sizeof(task->prev_state));
 			task->table_oid = pgbq_cat.table_oid;
+			task->capture = pgbq_cat.has_results;
+			task->result.isnull = true;
 			MemoryContextSwitchTo(old);
 			return task;
 		}
@@ -608,7 +626,8 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
-	Datum		args[3];
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', 'n', ' '};
 	int			rc;
 	PgbqTask   *next = NULL;
 	TimestampTz wait_until;
@@ -633,7 +652,15 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[2] = Int32GetDatum(MyProcPid);
-	rc = SPI_execute_plan(pgbq_finish_plan, args, NULL, false, 0);
+	args[3] = (Datum) 0;
+	args[4] = BoolGetDatum(false);
+	if (task->capture && !task->result.isnull)
+	{
+		args[3] = task->result.value;
+		args[4] = BoolGetDatum(task->result.truncated);
+		nulls[3] = ' ';
+	}
+	rc = SPI_execute_plan(pgbq_finish_plan, args, nulls, false, 0);
 	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
