@@ -22,7 +22,9 @@
  * statement starts over, so the last one's rows are what the task keeps.
  * Statements that return no rows never reach rStartup and cost nothing.
  * Once the text would exceed pg_background_queue.max_result_size the
- * array stops growing at a row boundary and is marked truncated.
+ * array stops growing at a row boundary and is marked truncated.  A script
+ * may SET the parameter (it is superuser-only); the value when a statement
+ * starts applies to it, and 0 keeps nothing.
  *
  * Parse and plan trees live in the caller's memory context, not in a
  * transaction context, because statements such as VACUUM commit and start
@@ -90,6 +92,13 @@ pgbq_result_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 	r->tupdesc = BlessTupleDesc(CreateTupleDescCopy(typeinfo));
 	r->limit = pgbq_max_result_size;
 	r->truncated = false;
+	if (r->limit <= 0)
+	{
+		/* set to 0 by the task's script: keep nothing, skip the rows */
+		pfree(r->buf.data);
+		r->buf.data = NULL;
+		r->truncated = true;
+	}
 	MemoryContextSwitchTo(old);
 }
 
