@@ -177,8 +177,8 @@ pgbq_wait_check(const char *query, Datum ids, int nids, Tuplestorestate *store,
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		args[1];
 	int			rc;
-	int			id_att;
-	int			state_att;
+	const int	id_att = 1;
+	const int	state_att = 2;
 	int			nopen = 0;
 	uint64		i;
 
@@ -189,10 +189,6 @@ pgbq_wait_check(const char *query, Datum ids, int nids, Tuplestorestate *store,
 	rc = SPI_execute_with_args(query, 1, argtypes, args, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read tasks: %s", SPI_result_code_string(rc));
-	id_att = SPI_fnumber(SPI_tuptable->tupdesc, "id");
-	state_att = SPI_fnumber(SPI_tuptable->tupdesc, "state");
-	if (id_att <= 0 || state_att <= 0)
-		elog(ERROR, "task table has no id or state column");
 	if (SPI_processed < (uint64) nids)
 	{
 		ArrayType  *arr = DatumGetArrayTypeP(ids);
@@ -252,7 +248,20 @@ pgbq_wait_check(const char *query, Datum ids, int nids, Tuplestorestate *store,
 	if (nopen == 0)
 	{
 		for (i = 0; i < SPI_processed; i++)
-			tuplestore_puttuple(store, SPI_tuptable->vals[i]);
+		{
+			bool		isnull;
+			HeapTupleHeader row;
+			HeapTupleData tuple;
+
+			row = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc,
+														3, &isnull));
+			tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+			ItemPointerSetInvalid(&tuple.t_self);
+			tuple.t_tableOid = InvalidOid;
+			tuple.t_data = row;
+			tuplestore_puttuple(store, &tuple);
+		}
 	}
 	SPI_finish();
 	return nopen == 0;
@@ -285,7 +294,8 @@ pg_background_wait(PG_FUNCTION_ARGS)
 	if (nids == 0)
 		PG_RETURN_NULL();
 	(void) pgbq_catalog_lookup(&cat, false);
-	query = psprintf("SELECT t.* FROM %s t "
+	/* the whole row: the table's row type, dropped columns included */
+	query = psprintf("SELECT t.id, t.state::text, t FROM %s t "
 					 "WHERE t.id = ANY ($1) ORDER BY t.id",
 					 cat.qualified_table);
 	if (timeout_ms >= 0)

@@ -56,6 +56,7 @@ static PgbqCatalog pgbq_cat;
 static SPIPlanPtr pgbq_claim_plan = NULL;
 static SPIPlanPtr pgbq_mark_running_plan = NULL;
 static SPIPlanPtr pgbq_finish_plan = NULL;
+static SPIPlanPtr pgbq_finish_result_plan = NULL;	/* NULL before 1.3 */
 static SPIPlanPtr pgbq_next_eligible_plan = NULL;
 
 /*
@@ -95,6 +96,7 @@ pgbq_worker_plans(void)
 	SPIPlanPtr	claim;
 	SPIPlanPtr volatile mark = NULL;
 	SPIPlanPtr volatile finish = NULL;
+	SPIPlanPtr volatile finish_result = NULL;
 	SPIPlanPtr volatile next = NULL;
 	const char *t;
 	Oid			save_userid;
@@ -154,19 +156,19 @@ pgbq_worker_plans(void)
 									 "closed_at = NULL, worker_pid = $3 "
 									 "WHERE id = $1 RETURNING sql_statement", t),
 							3, mark_types);
+		finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+									   "worker_pid = NULL "
+									   "WHERE id = $1 AND state = 'running' "
+									   "AND worker_pid = $3", t),
+							  3, finish_types);
+		/* a task whose statements returned rows (1.3) */
 		if (cat.has_results)
-			finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-										   "worker_pid = NULL, result = $4, "
-										   "result_truncated = $5 "
-										   "WHERE id = $1 AND state = 'running' "
-										   "AND worker_pid = $3", t),
-								  5, finish_types);
-		else
-			finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-										   "worker_pid = NULL "
-										   "WHERE id = $1 AND state = 'running' "
-										   "AND worker_pid = $3", t),
-								  3, finish_types);
+			finish_result = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+												  "worker_pid = NULL, result = $4, "
+												  "result_truncated = $5 "
+												  "WHERE id = $1 AND state = 'running' "
+												  "AND worker_pid = $3", t),
+										 5, finish_types);
 		next = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
 									 "WHERE owner = $1 "
 									 "AND state IN ('pending', 'retrying')", t),
@@ -177,6 +179,8 @@ pgbq_worker_plans(void)
 		/* kept plans are not freed by the abort */
 		if (next)
 			SPI_freeplan(next);
+		if (finish_result)
+			SPI_freeplan(finish_result);
 		if (finish)
 			SPI_freeplan(finish);
 		if (mark)
@@ -192,11 +196,14 @@ pgbq_worker_plans(void)
 		SPI_freeplan(pgbq_claim_plan);
 		SPI_freeplan(pgbq_mark_running_plan);
 		SPI_freeplan(pgbq_finish_plan);
+		if (pgbq_finish_result_plan)
+			SPI_freeplan(pgbq_finish_result_plan);
 		SPI_freeplan(pgbq_next_eligible_plan);
 	}
 	pgbq_claim_plan = claim;
 	pgbq_mark_running_plan = mark;
 	pgbq_finish_plan = finish;
+	pgbq_finish_result_plan = finish_result;
 	pgbq_next_eligible_plan = next;
 	pgbq_cat = cat;
 	return true;
@@ -627,7 +634,7 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	int			save_sec;
 	int			nest;
 	Datum		args[5];
-	char		nulls[5] = {' ', ' ', ' ', 'n', ' '};
+	SPIPlanPtr	plan = pgbq_finish_plan;
 	int			rc;
 	PgbqTask   *next = NULL;
 	TimestampTz wait_until;
@@ -652,15 +659,13 @@ pgbq_finish_and_claim_next(PgbqTask *task)
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[2] = Int32GetDatum(MyProcPid);
-	args[3] = (Datum) 0;
-	args[4] = BoolGetDatum(false);
-	if (task->capture && !task->result.isnull)
+	if (task->capture && !task->result.isnull && pgbq_finish_result_plan)
 	{
+		plan = pgbq_finish_result_plan;
 		args[3] = task->result.value;
 		args[4] = BoolGetDatum(task->result.truncated);
-		nulls[3] = ' ';
 	}
-	rc = SPI_execute_plan(pgbq_finish_plan, args, nulls, false, 0);
+	rc = SPI_execute_plan(plan, args, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
