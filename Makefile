@@ -18,6 +18,7 @@ OBJS = \
 	src/worker.o \
 	src/worker_bookkeeping.o \
 	src/worker_signals.o \
+	src/wait.o \
 	src/workflow.o
 PGFILEDESC = "pg_background_queue - durable background execution of SQL"
 

@@ -11,6 +11,85 @@
 
 -- ==== section: results and pg_background_wait ====
 
+/*
+ * Results: the rows of a finished task's last row-returning statement, as a
+ * JSON array of objects (pg_background_queue.max_result_size caps it; a cut
+ * array sets result_truncated).  Written with the finished mark; NULL for a
+ * task that did not finish or whose statements returned no rows.
+ */
+ALTER TABLE @extschema@.pg_background_tasks
+	ADD COLUMN result jsonb,
+	ADD COLUMN result_truncated boolean NOT NULL DEFAULT false;
+
+COMMENT ON COLUMN @extschema@.pg_background_tasks.result IS
+	'Rows of the last statement of the finished task that returns rows, as a JSON array of objects (NULL if none returned rows, or the task did not finish)';
+COMMENT ON COLUMN @extschema@.pg_background_tasks.result_truncated IS
+	'True if result was cut at a row boundary to stay within pg_background_queue.max_result_size';
+
+/* Wait in the server until the tasks end (SECURITY INVOKER: RLS applies). */
+CREATE FUNCTION @extschema@.pg_background_wait(
+	ids bigint[],
+	timeout interval DEFAULT NULL)
+RETURNS SETOF @extschema@.pg_background_tasks
+AS 'MODULE_PATHNAME', 'pg_background_wait'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE ROWS 10;
+
+COMMENT ON FUNCTION @extschema@.pg_background_wait(bigint[], interval) IS
+	'Wait until every listed task of yours is finished, failed or cancelled and return their rows; NULL timeout waits without limit';
+
+REVOKE ALL ON FUNCTION @extschema@.pg_background_wait(bigint[], interval) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_queue_grant_usage(role regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF role IS NULL THEN
+		RAISE EXCEPTION 'role must not be NULL'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %s', role);
+	EXECUTE format('GRANT SELECT ON @extschema@.pg_background_tasks, '
+				   '@extschema@.pg_background_queue_stats, '
+				   '@extschema@.pg_background_queue_task_stats, '
+				   '@extschema@.pg_background_queue_topics, '
+				   '@extschema@.pg_background_queue_workers TO %s', role);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION '
+				   '@extschema@.pg_background_enqueue(text, text, integer, timestamptz, text, bigint[]), '
+				   '@extschema@.pg_background_enqueue_many(text[], text, integer, timestamptz, text[]), '
+				   '@extschema@.pg_background_cancel(bigint), '
+				   '@extschema@.pg_background_retry(bigint), '
+				   '@extschema@.pg_background_reschedule(bigint, integer, timestamptz), '
+				   '@extschema@.pg_background_wait(bigint[], interval), '
+				   '@extschema@.pg_background_queue_purge(interval), '
+				   '@extschema@._pg_background_queue_workers(), '
+				   '@extschema@._pg_background_queue_configured_topics(), '
+				   '@extschema@._pg_background_queue_paused_topics(), '
+				   '@extschema@.pg_background_queue_topic_config(text) TO %s', role);
+END;
+$$;
+
+/* roles granted usage before 1.3 may wait too */
+DO $$
+DECLARE
+	grantee regrole;
+BEGIN
+	FOR grantee IN
+		SELECT DISTINCT a.grantee::regrole
+		  FROM pg_catalog.pg_class c,
+			   LATERAL pg_catalog.aclexplode(c.relacl) a
+		 WHERE c.oid = '@extschema@.pg_background_tasks'::pg_catalog.regclass
+		   AND a.privilege_type = 'SELECT'
+		   AND a.grantee <> 0
+		   AND a.grantee <> c.relowner
+	LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION '
+			'@extschema@.pg_background_wait(bigint[], interval) TO %s', grantee);
+	END LOOP;
+END;
+$$;
+
 -- ==== end of section: results and pg_background_wait ====
 
 

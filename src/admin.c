@@ -107,7 +107,7 @@ pg_background_queue_calibrate_workers_count(PG_FUNCTION_ARGS)
  *		Set up a materialized set-returning call (portable form of
  *		InitMaterializedSRF, which only exists from 15 on).
  */
-static Tuplestorestate *
+Tuplestorestate *
 pgbq_materialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;

@@ -146,6 +146,7 @@ pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok)
 	cat->has_claim_floor = OidIsValid(get_trigger_oid(cat->table_oid,
 													  "pg_background_tasks_claimable",
 													  true));
+	cat->has_results = (get_attnum(cat->table_oid, "result") != InvalidAttrNumber);
 
 	nspname = get_namespace_name(cat->nspoid);
 	cat->qualified_schema = pstrdup(quote_identifier(nspname));
@@ -426,6 +427,7 @@ pgbq_flush_notifications(void)
 void
 pgbq_notify_terminal(int64 task_id, const char *state)
 {
+	pgbq_wait_note_end();
 	if (!pgbq_notify)
 		return;
 	if (!pgbq_notify_deferred)

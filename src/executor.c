@@ -15,6 +15,17 @@
  * statement_timeout applies to each statement, as in a client session; the
  * task's topic timeout (worker.c) covers the whole attempt.
  *
+ * With a PgbqResult to fill, a DestReceiver of ours collects the rows of
+ * every statement that returns rows (a SELECT, even of no rows, RETURNING,
+ * SHOW, EXPLAIN, ...) as the text of a JSON array of objects, each made by
+ * row_to_json (duplicate column names: jsonb keeps the last); the next such
+ * statement starts over, so the last one's rows are what the task keeps.
+ * Statements that return no rows never reach rStartup and cost nothing.
+ * Once the text would exceed pg_background_queue.max_result_size the
+ * array stops growing at a row boundary and is marked truncated.  A script
+ * may SET the parameter (it is superuser-only); the value when a statement
+ * starts applies to it, and 0 keeps nothing.
+ *
  * Parse and plan trees live in the caller's memory context, not in a
  * transaction context, because statements such as VACUUM commit and start
  * transactions while we still walk the list.
@@ -23,12 +34,14 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/async.h"
 #include "commands/prepare.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/analyze.h"
@@ -39,8 +52,11 @@
 #include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/portal.h"
 #include "utils/ps_status.h"
 #include "utils/snapmgr.h"
@@ -49,17 +65,136 @@
 #include "compat.h"
 #include "pgbq.h"
 
+/* Our DestReceiver: collects a statement's rows as JSON text. */
+typedef struct PgbqResultReceiver
+{
+	DestReceiver pub;
+	MemoryContext ctx;			/* where the text lives (the caller's) */
+	StringInfoData buf;			/* "[{...},{...}" so far; data NULL: none */
+	TupleDesc	tupdesc;		/* blessed copy of the statement's row type */
+	int			limit;			/* max_result_size when the statement began */
+	bool		truncated;
+} PgbqResultReceiver;
+
+/*
+ * pgbq_result_startup
+ *		A statement is about to return rows: forget an earlier statement's
+ *		and start an empty array.
+ */
+static void
+pgbq_result_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	PgbqResultReceiver *r = (PgbqResultReceiver *) self;
+	MemoryContext old = MemoryContextSwitchTo(r->ctx);
+
+	(void) operation;
+	if (r->buf.data != NULL)
+		pfree(r->buf.data);
+	initStringInfo(&r->buf);
+	appendStringInfoChar(&r->buf, '[');
+	r->tupdesc = BlessTupleDesc(CreateTupleDescCopy(typeinfo));
+	r->limit = pgbq_max_result_size;
+	r->truncated = false;
+	if (r->limit <= 0)
+	{
+		/* set to 0 by the task's script: keep nothing, skip the rows */
+		pfree(r->buf.data);
+		r->buf.data = NULL;
+		r->truncated = true;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * pgbq_result_receive
+ *		Append one row as a JSON object, unless the array is full.
+ */
+static bool
+pgbq_result_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	PgbqResultReceiver *r = (PgbqResultReceiver *) self;
+	MemoryContext old;
+	HeapTuple	tuple;
+	Datum		json;
+	text	   *t;
+	int			len;
+
+	if (r->truncated)
+		return true;
+	old = MemoryContextSwitchTo(r->ctx);
+	tuple = ExecCopySlotHeapTuple(slot);
+	json = DirectFunctionCall1(row_to_json,
+							   heap_copy_tuple_as_datum(tuple, r->tupdesc));
+	t = DatumGetTextPP(json);
+	len = VARSIZE_ANY_EXHDR(t);
+	/* the separator and the closing bracket count too */
+	if ((int64) r->buf.len + len + 2 > r->limit)
+		r->truncated = true;
+	else
+	{
+		if (r->buf.len > 1)
+			appendStringInfoChar(&r->buf, ',');
+		appendBinaryStringInfo(&r->buf, VARDATA_ANY(t), len);
+	}
+	pfree(DatumGetPointer(json));
+	heap_freetuple(tuple);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
+ * pgbq_result_shutdown
+ *		Nothing to do at the end of a statement: the text is kept.
+ */
+static void
+pgbq_result_shutdown(DestReceiver *self)
+{
+	(void) self;
+}
+
+/*
+ * pgbq_result_destroy
+ *		The receiver is ours and static; nothing to free.
+ */
+static void
+pgbq_result_destroy(DestReceiver *self)
+{
+	(void) self;
+}
+
 /*
  * pgbq_execute_sql
- *		Run every statement of sql; errors propagate to the caller.
+ *		Run every statement of sql; errors propagate to the caller.  With
+ *		result, store the rows of the last statement that returned rows
+ *		there (in the caller's memory context), unless max_result_size is 0.
  */
 void
-pgbq_execute_sql(const char *sql)
+pgbq_execute_sql(const char *sql, PgbqResult *result)
 {
+	PgbqResultReceiver capture;
 	MemoryContext ctx = CurrentMemoryContext;
 	List	   *parsetree_list;
 	ListCell   *lc;
 	bool		use_implicit_block;
+
+	if (result != NULL)
+	{
+		result->isnull = true;
+		result->truncated = false;
+		result->value = (Datum) 0;
+		if (pgbq_max_result_size <= 0)
+			result = NULL;
+	}
+	memset(&capture, 0, sizeof(capture));
+	if (result != NULL)
+	{
+		capture.pub.receiveSlot = pgbq_result_receive;
+		capture.pub.rStartup = pgbq_result_startup;
+		capture.pub.rShutdown = pgbq_result_shutdown;
+		capture.pub.rDestroy = pgbq_result_destroy;
+		capture.pub.mydest = DestNone;
+		capture.ctx = ctx;
+	}
 
 	parsetree_list = pg_parse_query(sql);
 	use_implicit_block = (list_length(parsetree_list) > 1);
@@ -112,7 +247,7 @@ pgbq_execute_sql(const char *sql)
 		PortalStart(portal, NULL, 0, InvalidSnapshot);
 		PortalSetResultFormat(portal, 1, &format);
 
-		receiver = CreateDestReceiver(DestNone);
+		receiver = result ? &capture.pub : CreateDestReceiver(DestNone);
 		(void) pgbq_portal_run(portal, FETCH_ALL, true, receiver, receiver, &qc);
 		receiver->rDestroy(receiver);
 		PortalDrop(portal, false);
@@ -126,6 +261,15 @@ pgbq_execute_sql(const char *sql)
 	if (use_implicit_block)
 		EndImplicitTransactionBlock();
 	MemoryContextSwitchTo(ctx);
+	if (result != NULL && capture.buf.data != NULL)
+	{
+		appendStringInfoChar(&capture.buf, ']');
+		result->value = DirectFunctionCall1(jsonb_in,
+											CStringGetDatum(capture.buf.data));
+		result->isnull = false;
+		result->truncated = capture.truncated;
+		pfree(capture.buf.data);
+	}
 	set_ps_display("idle");
 }
 

@@ -35,6 +35,7 @@ int			pgbq_timeout_in_sec = 0;
 int			pgbq_worker_idle_timeout = 60;
 int			pgbq_retention_in_sec = 7 * 24 * 3600;
 int			pgbq_maintenance_interval = 60;
+int			pgbq_max_result_size = 64 * 1024;
 bool		pgbq_strict_topics = false;
 bool		pgbq_notify = true;
 
@@ -662,6 +663,14 @@ pgbq_guc_init(void)
 							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_background_queue.max_result_size",
+							"Maximum size of a task's stored result (0 stores no results).",
+							"The JSON array of the rows of the task's last row-returning statement is cut at a row boundary to stay within this size, and result_truncated is set.",
+							&pgbq_max_result_size,
+							64 * 1024, 0, 64 * 1024 * 1024,
+							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("pg_background_queue.topic_config",
 							   "Per-topic configuration as a JSON object.",

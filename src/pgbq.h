@@ -21,9 +21,12 @@
 #define PGBQ_H
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
+#include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/palloc.h"
+#include "utils/tuplestore.h"
 
 #define PGBQ_EXTENSION_NAME		"pg_background_queue"
 #define PGBQ_NOTIFY_CHANNEL		"pg_background_queue"
@@ -55,6 +58,7 @@ extern int	pgbq_timeout_in_sec;
 extern int	pgbq_worker_idle_timeout;
 extern int	pgbq_retention_in_sec;
 extern int	pgbq_maintenance_interval;
+extern int	pgbq_max_result_size;
 extern bool pgbq_strict_topics;
 extern bool pgbq_notify;
 
@@ -221,6 +225,7 @@ typedef struct PgbqShared
 	PgbqDatabase databases[PGBQ_MAX_DATABASES];
 	PgbqRateTopic rates[PGBQ_MAX_RATE_TOPICS];
 	PgbqFloor	floors[PGBQ_MAX_DEMANDS];	/* claim_floor.c */
+	ConditionVariable task_ended;	/* broadcast after a commit that ended tasks */
 	PgbqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } PgbqShared;
 
@@ -303,6 +308,7 @@ typedef struct PgbqCatalog
 	char	   *qualified_schema;	/* quoted schema */
 	bool		has_workflows;	/* SQL objects of 1.2 or later (after, dedupe_key) */
 	bool		has_claim_floor;	/* 1.3's claimable trigger keeps the floor */
+	bool		has_results;	/* SQL objects of 1.3 or later (result) */
 } PgbqCatalog;
 
 extern bool pgbq_catalog_lookup(PgbqCatalog *cat, bool missing_ok);
@@ -342,7 +348,22 @@ extern void pgbq_register_launcher(void);
 extern PGDLLEXPORT void pgbq_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void pgbq_worker_main(Datum main_arg);
 extern void pgbq_maintenance_run(int slotno);
-extern void pgbq_execute_sql(const char *sql);
+/* What pgbq_execute_sql captured: the rows of the last row-returning statement. */
+typedef struct PgbqResult
+{
+	Datum		value;			/* jsonb, in the caller's memory context */
+	bool		isnull;			/* no statement returned rows */
+	bool		truncated;		/* cut at a row boundary by max_result_size */
+} PgbqResult;
+
+extern void pgbq_execute_sql(const char *sql, PgbqResult *result);
+
+/* admin.c: set up a materialized set-returning call */
+extern Tuplestorestate *pgbq_materialize(FunctionCallInfo fcinfo,
+										 TupleDesc *tupdesc);
+
+/* wait.c */
+extern void pgbq_wait_note_end(void);
 extern void pgbq_reset_session(void);
 extern bool pgbq_sql_batchable(const char *sql);
 extern void pgbq_fire_deferred_triggers(void);

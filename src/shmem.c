@@ -137,6 +137,7 @@ pgbq_shmem_init(void)
 		pgbq_shared->nslots = max_worker_processes;
 		/* After a (re)start, every database needs a maintenance pass. */
 		pgbq_shared->rescan_requested = true;
+		ConditionVariableInit(&pgbq_shared->task_ended);
 	}
 	pgbq_paused_shmem_init();
 	LWLockRelease(AddinShmemInitLock);

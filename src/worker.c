@@ -372,7 +372,7 @@ pgbq_run_single(PgbqTask *task)
 	PG_TRY();
 	{
 		pgbq_task_clock_starts(task);
-		pgbq_execute_sql(task->sql);
+		pgbq_execute_sql(task->sql, task->capture ? &task->result : NULL);
 		pgbq_task_to_bookkeeping();
 
 		next = pgbq_finish_and_claim_next(task, false);
@@ -468,7 +468,7 @@ pgbq_run_in_subxact(PgbqTask *task, bool *shutdown)
 	PG_TRY();
 	{
 		pgbq_task_clock_starts(task);
-		pgbq_execute_sql(task->sql);
+		pgbq_execute_sql(task->sql, task->capture ? &task->result : NULL);
 		pgbq_fire_deferred_triggers();
 		pgbq_task_to_bookkeeping();
 		(void) pgbq_finish_and_claim_next(task, true);

@@ -27,6 +27,7 @@
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -55,6 +56,7 @@ static PgbqCatalog pgbq_cat;
 static SPIPlanPtr pgbq_claim_plan = NULL;
 static SPIPlanPtr pgbq_mark_running_plan = NULL;
 static SPIPlanPtr pgbq_finish_plan = NULL;
+static SPIPlanPtr pgbq_finish_result_plan = NULL;	/* NULL before 1.3 */
 static SPIPlanPtr pgbq_next_eligible_plan = NULL;
 static SPIPlanPtr pgbq_floor_check_plan = NULL;
 
@@ -91,13 +93,14 @@ pgbq_worker_plans(void)
 	Oid			claim_types[6] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID,
 	INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
-	Oid			finish_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
+	Oid			finish_types[5] = {INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, BOOLOID};
 	Oid			next_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			check_types[7] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID,
 	INT4OID, TIMESTAMPTZOID, INT8OID};
 	SPIPlanPtr	claim;
 	SPIPlanPtr volatile mark = NULL;
 	SPIPlanPtr volatile finish = NULL;
+	SPIPlanPtr volatile finish_result = NULL;
 	SPIPlanPtr volatile next = NULL;
 	SPIPlanPtr volatile check = NULL;
 	const char *t;
@@ -113,7 +116,14 @@ pgbq_worker_plans(void)
 	if (OidIsValid(pgbq_cat.table_oid))
 	{
 		LockRelationOid(pgbq_cat.table_oid, RowShareLock);
-		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)))
+
+		/*
+		 * ALTER EXTENSION ... UPDATE to 1.3 keeps the table but adds the
+		 * result column: prepare the plans again to fill it from then on.
+		 */
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pgbq_cat.table_oid)) &&
+			(pgbq_cat.has_results ||
+			 get_attnum(pgbq_cat.table_oid, "result") == InvalidAttrNumber))
 			return true;
 	}
 
@@ -161,6 +171,14 @@ pgbq_worker_plans(void)
 									   "WHERE id = $1 AND state = 'running' "
 									   "AND worker_pid = $3", t),
 							  3, finish_types);
+		/* a task whose statements returned rows (1.3) */
+		if (cat.has_results)
+			finish_result = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
+												  "worker_pid = NULL, result = $4, "
+												  "result_truncated = $5 "
+												  "WHERE id = $1 AND state = 'running' "
+												  "AND worker_pid = $3", t),
+										 5, finish_types);
 		next = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
 									 "WHERE owner = $1 "
 									 "AND state IN ('pending', 'retrying') "
@@ -181,6 +199,8 @@ pgbq_worker_plans(void)
 			SPI_freeplan(check);
 		if (next)
 			SPI_freeplan(next);
+		if (finish_result)
+			SPI_freeplan(finish_result);
 		if (finish)
 			SPI_freeplan(finish);
 		if (mark)
@@ -196,12 +216,15 @@ pgbq_worker_plans(void)
 		SPI_freeplan(pgbq_claim_plan);
 		SPI_freeplan(pgbq_mark_running_plan);
 		SPI_freeplan(pgbq_finish_plan);
+		if (pgbq_finish_result_plan)
+			SPI_freeplan(pgbq_finish_result_plan);
 		SPI_freeplan(pgbq_next_eligible_plan);
 		SPI_freeplan(pgbq_floor_check_plan);
 	}
 	pgbq_claim_plan = claim;
 	pgbq_mark_running_plan = mark;
 	pgbq_finish_plan = finish;
+	pgbq_finish_result_plan = finish_result;
 	pgbq_next_eligible_plan = next;
 	pgbq_floor_check_plan = check;
 	pgbq_cat = cat;
@@ -397,6 +420,8 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 			task->topic = topic ? pstrdup(topic) : NULL;
 			strlcpy(task->prev_state, prev_state, sizeof(task->prev_state));
 			task->table_oid = pgbq_cat.table_oid;
+			task->capture = pgbq_cat.has_results;
+			task->result.isnull = true;
 			MemoryContextSwitchTo(old);
 			return task;
 		}
@@ -714,7 +739,8 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
-	Datum		args[3];
+	Datum		args[5];
+	SPIPlanPtr	plan = pgbq_finish_plan;
 	int			rc;
 	PgbqTask   *next = NULL;
 	TimestampTz wait_until;
@@ -739,7 +765,13 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[2] = Int32GetDatum(MyProcPid);
-	rc = SPI_execute_plan(pgbq_finish_plan, args, NULL, false, 0);
+	if (task->capture && !task->result.isnull && pgbq_finish_result_plan)
+	{
+		plan = pgbq_finish_result_plan;
+		args[3] = task->result.value;
+		args[4] = BoolGetDatum(task->result.truncated);
+	}
+	rc = SPI_execute_plan(plan, args, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),

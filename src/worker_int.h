@@ -42,6 +42,8 @@ typedef struct PgbqTask
 	char	   *topic;			/* NULL: default topic */
 	char		prev_state[16];
 	Oid			table_oid;		/* the task table it was claimed from */
+	bool		capture;		/* the table has a result column */
+	PgbqResult	result;			/* what the task's statements returned */
 } PgbqTask;
 
 /* worker.c */

@@ -205,7 +205,7 @@ def test_cli(bouncer: PgBouncer, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_wait_prefers_the_server_side_wait(bouncers: dict[str, PgBouncer], node: Any) -> None:
-    """With ``pg_background_wait(bigint[], interval)`` in the extension (1.2), a pooled wait
+    """With ``pg_background_wait(bigint[], interval)`` in the extension (1.3), a pooled wait
     blocks in the server instead of polling: with an hour between polls, only the server-side
     wait can see the task end within the timeout."""
     found = query(node, "SELECT to_regprocedure('pg_background_wait(bigint[], interval)')")

@@ -38,6 +38,8 @@ TASK_COLUMNS = (
 )  # fmt: skip
 TERMINAL = ("finished", "failed", "cancelled")
 SERVER_WAIT = "pg_background_wait"
+#: SQLSTATE of ``pg_background_wait`` running out of time (the tasks go on).
+SERVER_WAIT_TIMEOUT = "PBQ01"
 #: Longest single server-side wait (s): a broken connection is noticed at least this often.
 SERVER_WAIT_CHUNK = 30.0
 #: Pause (s) between attempts to reconnect while a wait() resumes.
@@ -104,7 +106,15 @@ class Queries:
             else sql.Identifier(c)
             for c in TASK_COLUMNS
         )
-        return sql.SQL("SELECT {} FROM {}").format(cols, self.name("pg_background_tasks"))
+        # result and result_truncated (1.3) through the row's JSON: the same text works
+        # against 1.2's table, which lacks them
+        extra = sql.SQL(
+            ", to_jsonb(t) -> 'result' AS result"
+            ", COALESCE((to_jsonb(t) ->> 'result_truncated')::boolean, false) AS result_truncated"
+        )
+        return sql.SQL("SELECT {}{} FROM {} t").format(
+            cols, extra, self.name("pg_background_tasks")
+        )
 
     def enqueue(
         self,
@@ -326,7 +336,7 @@ class Queries:
         return Query(stmt, {}, lambda rows: [Topic(**r) for r in rows], retry_safe=True)
 
     def has_server_wait(self) -> Query[bool]:
-        """Whether ``pg_background_wait(bigint[], interval)`` exists (extension 1.2 and later)."""
+        """Whether ``pg_background_wait(bigint[], interval)`` exists (extension 1.3 and later)."""
         signature = f"{SERVER_WAIT}(bigint[], interval)"
         if self.schema:
             signature = sql.Identifier(self.schema).as_string(None) + "." + signature

@@ -16,6 +16,7 @@ from psycopg.rows import DictRow, dict_row
 from pg_background_queue._queries import (
     RECONNECT_PAUSE,
     SERVER_WAIT_CHUNK,
+    SERVER_WAIT_TIMEOUT,
     Queries,
     Query,
     RunAt,
@@ -255,7 +256,11 @@ class AsyncClient:
                 wait = self.queries.server_wait(
                     list(state.remaining), state.block_time(SERVER_WAIT_CHUNK)
                 )
-                await self._execute(wait, conn)
+                try:
+                    await self._execute(wait, conn)
+                except psycopg.Error as exc:
+                    if exc.sqlstate != SERVER_WAIT_TIMEOUT:
+                        raise
         listen = not self.pooled
         if listen:
             await conn.execute(self.queries.listen(True), prepare=False)

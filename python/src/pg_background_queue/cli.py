@@ -8,6 +8,7 @@ failed or was cancelled, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -93,6 +94,16 @@ def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[int, i
         yield update
 
 
+def _result_text(task: Task, width: int | None) -> str | None:
+    """A task's result as compact JSON (cut to ``width`` characters), flagged if truncated."""
+    if task.result is None:
+        return None
+    text = json.dumps(task.result, separators=(",", ":"), default=str)
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text + " (truncated)" if task.result_truncated else text
+
+
 def _task_rows(tasks: Sequence[Task]) -> str:
     rows = [
         (
@@ -104,10 +115,11 @@ def _task_rows(tasks: Sequence[Task]) -> str:
             t.run_time,
             t.sql_statement.replace("\n", " ")[:40],
             (t.errors or "")[:60] or None,
+            _result_text(t, 40),
         )
         for t in tasks
     ]
-    headers = ("id", "topic", "owner", "state", "tries", "run", "sql", "error")
+    headers = ("id", "topic", "owner", "state", "tries", "run", "sql", "error", "result")
     return render(headers, rows, empty="no tasks")
 
 
@@ -153,6 +165,19 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
     """List tasks."""
     print(_task_rows(client.tasks(state=args.state, topic=args.topic, limit=args.limit)))
+    return 0
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    """One task in full, its result as JSON."""
+    task = client.get(args.id)
+    print(_task_rows([task]))
+    if task.errors:
+        print(f"error: {task.errors}")
+    if task.result is not None:
+        print(json.dumps(task.result, indent=2, default=str))
+        if task.result_truncated:
+            print("(result truncated by pg_background_queue.max_result_size)")
     return 0
 
 
@@ -292,6 +317,7 @@ def cmd_metrics(client: Client, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "status": cmd_status,
     "tasks": cmd_tasks,
+    "show": cmd_show,
     "enqueue": cmd_enqueue,
     "wait": cmd_wait,
     "cancel": cmd_cancel,
@@ -350,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--topic", help="only this topic")
     p.add_argument("--limit", type=int, default=50, help="at most N tasks (default 50)")
+
+    p = sub.add_parser("show", help="one task in full, with its result")
+    p.add_argument("id", type=int, help="task id")
 
     p = sub.add_parser(
         "enqueue",

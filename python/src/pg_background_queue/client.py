@@ -16,6 +16,7 @@ from psycopg.rows import DictRow, dict_row
 from pg_background_queue._queries import (
     RECONNECT_PAUSE,
     SERVER_WAIT_CHUNK,
+    SERVER_WAIT_TIMEOUT,
     Queries,
     Query,
     RunAt,
@@ -250,7 +251,11 @@ class Client:
                 wait = self.queries.server_wait(
                     list(state.remaining), state.block_time(SERVER_WAIT_CHUNK)
                 )
-                self._execute(wait, conn)
+                try:
+                    self._execute(wait, conn)
+                except psycopg.Error as exc:
+                    if exc.sqlstate != SERVER_WAIT_TIMEOUT:
+                        raise
         listen = not self.pooled
         if listen:
             conn.execute(self.queries.listen(True), prepare=False)

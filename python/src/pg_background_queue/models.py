@@ -77,6 +77,11 @@ class Task:
     worker_pid: int | None
     dedupe_key: str | None = None
     after: tuple[int, ...] = ()
+    #: Rows of the last statement that returned rows, one dict per row (extension 1.3;
+    #: None if no statement returned rows, the task did not finish, or before 1.3).
+    result: list[dict[str, Any]] | None = None
+    #: True if ``result`` was cut at a row boundary by ``pg_background_queue.max_result_size``.
+    result_truncated: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -101,6 +106,8 @@ class Task:
             worker_pid=row["worker_pid"],
             dedupe_key=row.get("dedupe_key"),
             after=tuple(row.get("after") or ()),
+            result=row.get("result"),
+            result_truncated=bool(row.get("result_truncated")),
         )
 
     @property
