@@ -1,14 +1,7 @@
 -- pg_background_wait: argument errors, tasks that already ended, other
 -- roles' tasks, the timeout (nothing runs: max_parallel_running_tasks_count = 0)
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-GRANT EXECUTE ON FUNCTION pg_temp.try(text) TO PUBLIC;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/include/try.sql
 -- names the tasks a1 and a2 in messages (their ids depend on earlier files)
 CREATE FUNCTION pg_temp.named(msg text, a1 bigint, a2 bigint) RETURNS text
 LANGUAGE sql AS $$
