@@ -49,9 +49,11 @@
  *	  waiting without a worker), DROPPED by pgbq_request_database_exit
  *	  (DROP DATABASE / EXTENSION), LEAVING by the worker itself (idle
  *	  timeout, no work of its own while other pairs wait, or it gave a task
- *	  back and is exiting).  Any bit: the worker claims nothing more, leaves
- *	  at its next look, gets no more wake-ups and counts no longer towards
- *	  its role's pool.  Cleared only by detach.
+ *	  back and is exiting; with YIELD, in pgbq_slot_try_start, when it is
+ *	  surplus after the global limit was lowered).  Any bit: the worker
+ *	  claims nothing more, leaves at its next look, gets no more wake-ups
+ *	  and counts no longer towards its role's pool.  Cleared only by
+ *	  detach.
  *	- cancel_requested: set by pgbq_signal_cancel for task_id just before it
  *	  sends SIGINT, cleared when the slot starts or finishes a task.  The
  *	  worker reads it without the lock (from its SIGINT handler, and when a
@@ -91,6 +93,8 @@
 #include "pgbq.h"
 
 PgbqShared *pgbq_shared = NULL;
+
+static bool pgbq_slots_over_limit(void);
 
 #define PGBQ_LWLOCK_TRANCHE "pg_background_queue"
 
@@ -253,7 +257,18 @@ pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
 	if (running >= pgbq_max_parallel ||
 		(policy->max_parallel >= 0 && topic_running >= policy->max_parallel))
 	{
-		me->waiting_capacity = true;
+		/*
+		 * More task workers than the global limit (lowered by a reload):
+		 * this idle one is surplus.  Waiting for capacity, it would be woken
+		 * by every finish and claim in vain, never idle long enough to time
+		 * out.  It leaves instead, announcing its role's work like a
+		 * yielding worker, so a role whose only worker it was waits for a
+		 * slot like any other.
+		 */
+		if (running >= pgbq_max_parallel && pgbq_slots_over_limit())
+			me->exit_reasons |= PGBQ_EXIT_LEAVING | PGBQ_EXIT_YIELD;
+		else
+			me->waiting_capacity = true;
 		LWLockRelease(pgbq_shared->lock);
 		return PGBQ_START_NO_CAPACITY;
 	}
@@ -288,6 +303,30 @@ pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
 	me->waiting_capacity = false;
 	LWLockRelease(pgbq_shared->lock);
 	return PGBQ_START_OK;
+}
+
+/*
+ * pgbq_slots_over_limit
+ *		Do more task workers stay (slots in use whose worker has no reason
+ *		to leave) than max_parallel_running_tasks_count allows?  Workers
+ *		already leaving do not count, so of several surplus workers that
+ *		ask at once only the surplus leave.  Caller holds the lock.
+ */
+static bool
+pgbq_slots_over_limit(void)
+{
+	int			staying = 0;
+	int			i;
+
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+
+		if (s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK &&
+			s->exit_reasons == 0)
+			staying++;
+	}
+	return staying > pgbq_max_parallel;
 }
 
 /*

@@ -765,6 +765,9 @@ pgbq_task_loop(void)
 		}
 		if (next != NULL)
 			continue;
+		/* surplus after a lower limit: leave at once (the loop's top) */
+		if (blocked && pgbq_slot_yielding(pgbq_slotno))
+			continue;
 
 		now = GetCurrentTimestamp();
 		deadline = idle_since + (int64) pgbq_worker_idle_timeout * USECS_PER_SEC;

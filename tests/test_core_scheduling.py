@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from core_helpers import enqueue, make_role, query, scalar, set_config, task, wait_tasks
+from core_helpers import (
+    enqueue,
+    make_role,
+    query,
+    scalar,
+    set_config,
+    task,
+    wait_tasks,
+    worker_pids,
+)
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 TOPICS = {
@@ -244,5 +253,47 @@ def test_eviction_never_strands_a_role_under_the_cap() -> None:
             ids = [enqueue(n, "SELECT pg_sleep(0.05)", user=r) for r in roles + roles[::-1]]
             rows = wait_tasks(n, ids, timeout=20)
             assert {r["state"] for r in rows} == {"finished"}
+    finally:
+        destroy_node(n)
+
+
+def test_lowering_the_worker_limit_by_reload_retires_the_surplus_workers() -> None:
+    """max_parallel_running_tasks_count lowered by reload while the queue is busy: the workers
+    above the new limit leave at their next claim instead of being woken by every finish to
+    claim in vain until their idle timeout (which is long here); the rest carry on and every
+    task runs once. Regression: the surplus stayed, and throughput after 8 -> 4 fell to a
+    fraction of a fresh start at 4 (issue 15, `pgbq bench --regime reload`)."""
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 4,
+            "pg_background_queue.worker_idle_timeout": "600s",
+        }
+    )
+    try:
+        make_role(n, "shrink")
+        ids = [enqueue(n, "SELECT pg_sleep(0.02)", user="shrink") for _ in range(10)]
+        ids += [
+            int(r["id"])
+            for r in query(
+                n,
+                "SELECT pg_background_enqueue_many(array_fill('SELECT pg_sleep(0.02)'::text, "
+                "ARRAY[600])) AS id",
+                user="shrink",
+            )
+        ]
+        poll_until(lambda: len(worker_pids(n)) == 4, timeout=30, message="4 workers busy")
+        set_config(n, max_parallel_running_tasks_count=2)
+        poll_until(
+            lambda: len(worker_pids(n)) <= 2,
+            timeout=60,
+            message="the 2 workers above the lowered limit never left",
+        )
+        pending = scalar(
+            n, "SELECT count(*) FROM pg_background_tasks WHERE state IN ('pending', 'retrying')"
+        )
+        rows = wait_tasks(n, ids, timeout=120)
+        assert {r["state"] for r in rows} == {"finished"}
+        assert {r["attempts"] for r in rows} == {1}
+        assert pending > 0, "the surplus must leave while work is still queued, not after"
     finally:
         destroy_node(n)
