@@ -42,12 +42,12 @@
  *	                  cancelled         (catalog.c): pgbq_sql_lock_running    UPDATE WHERE state =
  *	                                    + pgbq_sql_record_failure, after the  'running'; nothing if already
  *	                                    task's transaction (or, in a batch,   accounted for; a new
- *	                                    its subtransaction) rolled back, and  transaction, or the batch's
- *	                                    orphan recovery
- *	running           pending/retrying  give-back on shutdown: pgbq_sql_      row lock; only WHERE state =
- *	                                    give_back, previous state,            'running' AND worker_pid = us;
- *	                                    attempts-1 (worker_bookkeeping.c)     a new transaction, or the
- *	                                                                          batch's
+ *	                                    its subtransaction) rolled back, and  transaction (which may claim
+ *	                                    orphan recovery                       the next task), or the batch's
+ *	running           pending/retrying  give-back on shutdown, or of a task   row lock; only WHERE state =
+ *	                                    claimed but not started: pgbq_sql_    'running' AND worker_pid = us;
+ *	                                    give_back, previous state,            a new transaction, or the
+ *	                                    attempts-1 (worker_bookkeeping.c)     batch's
  *	pending/retrying/ cancelled         pg_background_cancel (enqueue.c):     row lock; the caller's
  *	waiting                             pgbq_sql_cancel
  *	running           (request only)    pg_background_cancel: slot's          shmem lock, exclusive; the
@@ -76,14 +76,15 @@
  * Around these, without changing a state:
  *	- the claimable trigger _pg_background_queue_claimable (SQL, 1.3;
  *	  claim_floor.c) fires BEFORE every INSERT or UPDATE whose new state is
- *	  pending or retrying (enqueue, give-back, retry, release, reschedule)
- *	  and lowers the role's claim floor to the row's key once the
- *	  transaction commits;
+ *	  pending or retrying (enqueue, a failed attempt to be retried,
+ *	  give-back, retry, release, reschedule) and lowers the role's claim
+ *	  floor to the row's key once the transaction commits;
  *	- a keyed enqueue takes the dedupe key from a running task of the key
  *	  (workflow.c), and enqueue and retry set has_dependents on the
  *	  prerequisites (workflow.c), which arms the release trigger;
  *	- result and result_truncated (1.3) are written only by the finished
- *	  mark; a retry or a new attempt leaves them as they were.
+ *	  mark (pgbq_sql_finish_result), so only a finished task has a result;
+ *	  with 1.2's objects the library uses pgbq_sql_finish alone.
  *
  *-------------------------------------------------------------------------
  */
