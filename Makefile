@@ -15,6 +15,7 @@ OBJS = \
 	src/launcher.o \
 	src/maintenance.o \
 	src/shmem.o \
+	src/task_rows.o \
 	src/worker.o \
 	src/worker_bookkeeping.o \
 	src/worker_signals.o \
@@ -63,7 +64,7 @@ pg_isolation_regress_installcheck = \
 endif
 
 # every object depends on the shared headers (PGXS does not track them)
-$(OBJS): src/pgbq.h src/compat.h src/worker_int.h
+$(OBJS): src/pgbq.h src/compat.h src/task_rows.h src/worker_int.h
 
 # PGXN distribution: make dist archives the committed tree (HEAD) as
 # pg_background_queue-<META.json version>.zip, the file PGXN takes.

@@ -11,41 +11,9 @@
  * function with a SET clause gets.  Every statement also qualifies every
  * name, so nothing a user puts on its search_path can take part.
  *
- * Task-row state changes.  Every change of pg_background_tasks.state, who
- * makes it and what keeps it from racing another (each UPDATE names the
- * from-state in its WHERE clause, so a change whose from-state no longer
- * holds touches nothing; "row lock" is the lock the UPDATE or FOR UPDATE
- * takes on the row):
- *
- *	from              to                who (file)                            serialised by
- *	(new)             pending           pg_background_enqueue[_many]          new row
- *	                                    (enqueue.c)
- *	pending/retrying  running           claim: claim + mark-running plans     FOR UPDATE SKIP LOCKED; the
- *	                                    (worker_bookkeeping.c), attempts+1    slot goes RUNNING in the same
- *	                                                                          transaction under the shmem
- *	                                                                          lock (pgbq_slot_try_start)
- *	running           finished          finish plan, in the task's own        row lock; only WHERE state =
- *	                                    transaction (worker_bookkeeping.c)    'running' AND worker_pid = us
- *	running           retrying/failed/  pgbq_record_attempt_failure (here),   SELECT ... FOR UPDATE WHERE
- *	                  cancelled         after the task's transaction rolled   state = 'running'; nothing if
- *	                                    back, and orphan recovery             already accounted for
- *	running           pending/retrying  give-back on shutdown: previous       row lock; only WHERE state =
- *	                                    state, attempts-1                     'running' AND worker_pid = us
- *	                                    (worker_bookkeeping.c)
- *	pending/retrying  cancelled         pg_background_cancel (enqueue.c)      row lock
- *	running           (request only)    pg_background_cancel: slot's          shmem lock, exclusive; the
- *	                                    cancel_requested + SIGINT             worker records "cancelled"
- *	                                                                          through the failure path
- *	failed/cancelled  pending           pg_background_retry (enqueue.c),      row lock
- *	                                    fresh retry budget
- *	pending/retrying  failed            maintenance: owner dropped or         row lock
- *	                                    cannot log in (28000)
- *	running           retrying/failed   maintenance orphan recovery: worker   FOR UPDATE SKIP LOCKED; each
- *	                                    gone (57P02, maintenance.c)           candidate re-checked against
- *	                                                                          the live slots
- *	finished/failed/  (deleted)         _pg_background_queue_prune (SQL):     FOR UPDATE SKIP LOCKED
- *	cancelled                           retention (maintenance.c) and
- *	                                    pg_background_queue_purge
+ * The statements that change a task row's state, and the table of those
+ * changes (who makes each, under which lock, in which transaction), are in
+ * task_rows.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -76,6 +44,7 @@
 
 #include "compat.h"
 #include "pgbq.h"
+#include "task_rows.h"
 
 /*
  * pgbq_extension_namespace
@@ -484,8 +453,7 @@ pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	sql = psprintf("SELECT attempts FROM %s WHERE id = $1 AND state = 'running' FOR UPDATE",
-				   cat->qualified_table);
+	sql = pgbq_sql_lock_running(cat);
 	args[0] = Int64GetDatum(task_id);
 	rc = SPI_execute_with_args(sql, 1, types, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
@@ -502,19 +470,7 @@ pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
 										   SPI_tuptable->tupdesc, 1, &isnull));
 	state = pgbq_state_retry_decision(attempts, &policy, cancelled, &delay);
 
-	sql = psprintf("UPDATE %s SET state = CAST($2 AS %s.pg_background_queue_task_state), "
-				   "closed_at = CASE WHEN $2 = 'retrying' THEN NULL ELSE now() END, "
-				   "retry_count = retry_count + CASE WHEN $2 = 'retrying' THEN 1 ELSE 0 END, "
-				   "retry_delay_in_sec = $3, "
-				   "next_run_at = CASE WHEN $2 = 'retrying' "
-				   "  THEN now() + make_interval(secs => $3) ELSE next_run_at END, "
-				   "errors = $4, "
-				   "error_history = error_history || jsonb_build_array(jsonb_build_object("
-				   "  'attempt', attempts, 'sqlstate', $5, 'message', $4, 'detail', $6, "
-				   "  'at', now())), "
-				   "worker_pid = NULL "
-				   "WHERE id = $1",
-				   cat->qualified_table, cat->qualified_schema);
+	sql = pgbq_sql_record_failure(cat);
 	args[1] = CStringGetTextDatum(state);
 	args[2] = Int32GetDatum(delay);
 	args[3] = CStringGetTextDatum(message ? message : "unknown error");

@@ -41,6 +41,7 @@
 
 #include "compat.h"
 #include "pgbq.h"
+#include "task_rows.h"
 
 PG_FUNCTION_INFO_V1(pg_background_enqueue);
 PG_FUNCTION_INFO_V1(pg_background_enqueue_many);
@@ -385,19 +386,11 @@ pgbq_prepare_insert(const PgbqCatalog *cat)
 		SPI_freeplan(pgbq_insert_many_plan);
 		pgbq_insert_plan = pgbq_insert_many_plan = NULL;
 	}
-	plan = SPI_prepare(psprintf("INSERT INTO %s (sql_statement, topic, owner, priority, run_at, next_run_at) "
-								"VALUES ($1, $2, $3, $4, $5, COALESCE($5, now())) RETURNING id",
-								cat->qualified_table), 5, types);
+	plan = SPI_prepare(pgbq_sql_insert(cat), 5, types);
 	if (plan == NULL || SPI_keepplan(plan) != 0)
 		elog(ERROR, "could not prepare enqueue statement");
 	pgbq_insert_plan = plan;
-	plan = SPI_prepare(psprintf("WITH ins AS ("
-								"  INSERT INTO %s (sql_statement, topic, owner, priority, run_at, next_run_at) "
-								"  SELECT s.sql, $2, $3, $4, $5, COALESCE($5, now()) "
-								"  FROM unnest($1) WITH ORDINALITY AS s(sql, ord) ORDER BY s.ord "
-								"  RETURNING id) "
-								"SELECT id FROM ins ORDER BY id",
-								cat->qualified_table), 5, many_types);
+	plan = SPI_prepare(pgbq_sql_insert_many(cat), 5, many_types);
 	if (plan == NULL || SPI_keepplan(plan) != 0)
 		elog(ERROR, "could not prepare enqueue statement");
 	pgbq_insert_many_plan = plan;
@@ -756,9 +749,7 @@ pgbq_update_own_task(const PgbqCatalog *cat, const char *set_and_where,
 	nest = pgbq_begin_privileged(cat->owner, &save_userid, &save_sec);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute_with_args(psprintf("UPDATE %s t SET %s AND pg_catalog.pg_has_role($2, t.owner, 'USAGE') "
-										"RETURNING t.owner::pg_catalog.oid",
-										cat->qualified_table, set_and_where),
+	rc = SPI_execute_with_args(pgbq_sql_update_own_task(cat, set_and_where),
 							   2, types, args, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "task update failed: %s", SPI_result_code_string(rc));
@@ -767,10 +758,7 @@ pgbq_update_own_task(const PgbqCatalog *cat, const char *set_and_where,
 											   SPI_tuptable->tupdesc, 1, &isnull));
 	else if (found_running != NULL)
 	{
-		rc = SPI_execute_with_args(psprintf("SELECT 1 FROM %s t WHERE t.id = $1 "
-											"AND t.state = 'running' "
-											"AND pg_catalog.pg_has_role($2, t.owner, 'USAGE')",
-											cat->qualified_table),
+		rc = SPI_execute_with_args(pgbq_sql_own_task_running(cat),
 								   2, types, args, NULL, false, 1);
 		*found_running = (rc == SPI_OK_SELECT && SPI_processed == 1);
 	}
@@ -842,16 +830,7 @@ pg_background_cancel(PG_FUNCTION_ARGS)
 	if (pgbq_cancel_in_batch(id))
 		PG_RETURN_BOOL(true);
 	owner = pgbq_update_own_task(&cat,
-								 psprintf("state = 'cancelled', closed_at = now(), worker_pid = NULL, "
-										  "errors = 'cancelled by pg_background_cancel()', "
-										  "error_history = t.error_history || jsonb_build_array(jsonb_build_object("
-										  "'attempt', t.attempts, 'sqlstate', '57014', "
-										  "'message', 'cancelled by pg_background_cancel()', "
-										  "'detail', %s, 'at', now())) "
-										  /* as text: 1.1's enum has no 'waiting' */
-										  "WHERE t.id = $1 AND t.state::text IN ('pending', 'retrying', 'waiting')",
-										  quote_literal_cstr(psprintf("cancelled by role %s",
-																	  GetUserNameFromId(GetUserId(), false)))),
+								 pgbq_sql_cancel(GetUserNameFromId(GetUserId(), false)),
 								 id, &running);
 	if (OidIsValid(owner))
 	{
@@ -880,10 +859,7 @@ pg_background_retry(PG_FUNCTION_ARGS)
 	if (!cat.has_workflows)
 	{
 		/* 1.1's objects (library updated, ALTER EXTENSION UPDATE not yet) */
-		owner = pgbq_update_own_task(&cat,
-									 "state = 'pending', next_run_at = now(), closed_at = NULL, "
-									 "attempts = 0, retry_count = 0, retry_delay_in_sec = 0 "
-									 "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
+		owner = pgbq_update_own_task(&cat, pgbq_sql_retry_1_1(),
 									 id, NULL);
 		if (!OidIsValid(owner))
 			PG_RETURN_BOOL(false);
@@ -891,23 +867,7 @@ pg_background_retry(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(true);
 	}
 	pgbq_lock_prerequisites(&cat, id, GetUserId());
-	owner = pgbq_update_own_task(&cat,
-								 psprintf("state = CASE WHEN t.after IS NOT NULL AND EXISTS ("
-										  "SELECT 1 FROM %s p WHERE p.id = ANY (t.after) "
-										  "AND p.state <> 'finished') "
-										  "THEN 'waiting' ELSE 'pending' END"
-										  "::%s.pg_background_queue_task_state, "
-										  "next_run_at = now(), closed_at = NULL, "
-										  "attempts = 0, retry_count = 0, retry_delay_in_sec = 0, "
-										  "dedupe_key = CASE WHEN t.dedupe_key IS NOT NULL AND EXISTS ("
-										  "SELECT 1 FROM %s k WHERE k.owner = t.owner "
-										  "AND COALESCE(k.topic, '') = COALESCE(t.topic, '') "
-										  "AND k.dedupe_key = t.dedupe_key AND k.id <> t.id "
-										  "AND k.state NOT IN ('finished', 'failed', 'cancelled')) "
-										  "THEN NULL ELSE t.dedupe_key END "
-										  "WHERE t.id = $1 AND t.state IN ('failed', 'cancelled')",
-										  cat.qualified_table, cat.qualified_schema,
-										  cat.qualified_table),
+	owner = pgbq_update_own_task(&cat, pgbq_sql_retry(&cat),
 								 id, NULL);
 	if (!OidIsValid(owner))
 		PG_RETURN_BOOL(false);
@@ -928,7 +888,9 @@ pg_background_reschedule(PG_FUNCTION_ARGS)
 	int64		id;
 	PgbqCatalog cat;
 	Oid			owner;
-	StringInfoData set;
+	int32		priority = 0;
+	TimestampTz run_at = 0;
+	char	   *set;
 
 	pgbq_check_preloaded();
 	if (PG_ARGISNULL(0))
@@ -941,37 +903,27 @@ pg_background_reschedule(PG_FUNCTION_ARGS)
 				 errmsg("nothing to reschedule"),
 				 errhint("Pass a new priority, a new run_at, or both.")));
 	id = PG_GETARG_INT64(0);
-	initStringInfo(&set);
 	if (!PG_ARGISNULL(1))
 	{
-		int32		priority = PG_GETARG_INT32(1);
-
+		priority = PG_GETARG_INT32(1);
 		if (priority < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("priority must not be negative"),
 					 errdetail("Lower numbers run first; 0 is the highest priority.")));
-		appendStringInfo(&set, "priority = %d", priority);
 	}
 	if (!PG_ARGISNULL(2))
 	{
-		TimestampTz run_at = PG_GETARG_TIMESTAMPTZ(2);
-		char	   *at;
-
+		run_at = PG_GETARG_TIMESTAMPTZ(2);
 		if (TIMESTAMP_NOT_FINITE(run_at))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("run_at must be a finite timestamp")));
-		/* exact, whatever DateStyle: microseconds since the PostgreSQL epoch */
-		at = psprintf("(TIMESTAMPTZ '2000-01-01 00:00:00+00' + " INT64_FORMAT " * INTERVAL '1 microsecond')",
-					  (int64) run_at);
-		appendStringInfo(&set, "%srun_at = %s, next_run_at = CASE WHEN t.state = 'waiting' "
-						 "THEN t.next_run_at ELSE %s END",
-						 set.len > 0 ? ", " : "", at, at);
 	}
-	appendStringInfoString(&set, " WHERE t.id = $1 AND t.state IN ('pending', 'retrying', 'waiting')");
+	set = pgbq_sql_reschedule(PG_ARGISNULL(1) ? NULL : &priority,
+							  PG_ARGISNULL(2) ? NULL : &run_at);
 	pgbq_catalog_lookup(&cat, false);
-	owner = pgbq_update_own_task(&cat, set.data, id, NULL);
+	owner = pgbq_update_own_task(&cat, set, id, NULL);
 	if (!OidIsValid(owner))
 		PG_RETURN_BOOL(false);
 	if (!PG_ARGISNULL(2) && PG_GETARG_TIMESTAMPTZ(2) > GetCurrentTimestamp())
@@ -1014,8 +966,7 @@ pg_background_queue_purge(PG_FUNCTION_ARGS)
 	nest = pgbq_begin_privileged(cat.owner, &save_userid, &save_sec);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute_with_args(psprintf("SELECT %s._pg_background_queue_prune(now() - $1, $2, 2147483647)",
-										cat.qualified_schema),
+	rc = SPI_execute_with_args(pgbq_sql_purge(&cat),
 							   2, types, args, nulls, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "purge failed: %s", SPI_result_code_string(rc));

@@ -50,6 +50,8 @@
 #define PGBQ_MAX_CONCURRENT_MAINTENANCE 2
 #define PGBQ_START_FAILURE_BACKOFF_MS 1000
 #define PGBQ_STARTING_TIMEOUT_US (60 * USECS_PER_SEC)
+/* "no free background worker slots" is logged at most this often */
+#define PGBQ_START_FAILURE_LOG_INTERVAL_MS (60 * 1000)
 
 static BackgroundWorkerHandle **pgbq_handles = NULL;
 static TimestampTz pgbq_last_start_failure_log = 0;
@@ -163,7 +165,8 @@ pgbq_start_worker(PgbqWorkerKind kind, Oid dboid, Oid roleoid)
 		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 		pgbq_slot_clear(s);
 		LWLockRelease(pgbq_shared->lock);
-		if (TimestampDifferenceExceeds(pgbq_last_start_failure_log, now, 60 * 1000))
+		if (TimestampDifferenceExceeds(pgbq_last_start_failure_log, now,
+									   PGBQ_START_FAILURE_LOG_INTERVAL_MS))
 		{
 			ereport(LOG,
 					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),

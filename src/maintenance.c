@@ -32,6 +32,7 @@
 
 #include "compat.h"
 #include "pgbq.h"
+#include "task_rows.h"
 
 #define PGBQ_PRUNE_BATCH 10000
 
@@ -118,12 +119,7 @@ pgbq_recover_orphans(const PgbqCatalog *cat)
 	char	  **topics;
 
 	pgbq_live_workers_of_db(&args[0], &args[1]);
-	sql = psprintf("SELECT t.id, t.topic, t.worker_pid FROM %s t "
-				   "WHERE t.state = 'running' AND NOT EXISTS ("
-				   "  SELECT 1 FROM unnest($1, $2) AS l(pid, task_id) "
-				   "  WHERE l.pid = t.worker_pid AND l.task_id = t.id) "
-				   "FOR UPDATE SKIP LOCKED",
-				   cat->qualified_table);
+	sql = pgbq_sql_orphan_scan(cat);
 	rc = SPI_execute_with_args(sql, 2, types, args, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "orphan scan failed: %s", SPI_result_code_string(rc));
@@ -166,19 +162,7 @@ pgbq_fail_unrunnable_roles(const PgbqCatalog *cat)
 	char	   *sql;
 	int			rc;
 
-	const char *msg = "('role with OID ' || t.owner::pg_catalog.oid::pg_catalog.text || "
-		"' no longer exists or cannot log in')";
-
-	sql = psprintf("UPDATE %s t SET state = 'failed', closed_at = now(), "
-				   "errors = %s, "
-				   "error_history = t.error_history || jsonb_build_array(jsonb_build_object("
-				   "  'attempt', t.attempts, 'sqlstate', '28000', 'message', %s, "
-				   "  'detail', NULL, 'at', now())) "
-				   "WHERE t.state IN ('pending', 'retrying') AND NOT EXISTS ("
-				   "  SELECT 1 FROM pg_catalog.pg_authid a WHERE a.oid = t.owner %s) "
-				   "RETURNING t.id",
-				   cat->qualified_table, msg, msg,
-				   PGBQ_REQUIRE_ROLE_LOGIN ? "AND a.rolcanlogin" : "");
+	sql = pgbq_sql_fail_unrunnable_roles(cat);
 	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not fail tasks of dropped roles: %s",
@@ -250,9 +234,7 @@ pgbq_prune_batch(const PgbqCatalog *cat)
 	Datum		args[1];
 	Oid			types[1] = {INT4OID};
 
-	sql = psprintf("SELECT %s._pg_background_queue_prune("
-				   "now() - make_interval(secs => $1), NULL, %d)",
-				   cat->qualified_schema, PGBQ_PRUNE_BATCH);
+	sql = pgbq_sql_prune(cat, PGBQ_PRUNE_BATCH);
 	args[0] = Int32GetDatum(pgbq_retention_in_sec);
 	rc = SPI_execute_with_args(sql, 1, types, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)

@@ -36,6 +36,7 @@
 
 #include "compat.h"
 #include "pgbq.h"
+#include "task_rows.h"
 #include "worker_int.h"
 
 /* Pause between attempts to record a task's end after an error. */
@@ -103,7 +104,6 @@ pgbq_worker_plans(void)
 	SPIPlanPtr volatile finish_result = NULL;
 	SPIPlanPtr volatile next = NULL;
 	SPIPlanPtr volatile check = NULL;
-	const char *t;
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
@@ -147,50 +147,22 @@ pgbq_worker_plans(void)
 	 * missing plan that the next claim would execute.
 	 */
 	nest = pgbq_begin_privileged(cat.owner, &save_userid, &save_sec);
-	t = cat.qualified_table;
 	/*
 	 * The claim starts at the claim floor ($4, $5, $6; see claim_floor.c),
 	 * a bound of the claim index scan.
 	 */
-	claim = pgbq_prepare(psprintf("SELECT id, topic, state::text, priority, next_run_at FROM %s "
-								  "WHERE owner = $1 AND state IN ('pending', 'retrying') "
-								  "AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
-								  "AND (priority, next_run_at, id) >= ($4, $5, $6) "
-								  "ORDER BY priority, next_run_at, id "
-								  "LIMIT 1 FOR UPDATE SKIP LOCKED", t),
-						 6, claim_types);
+	claim = pgbq_prepare(pgbq_sql_claim(&cat), 6, claim_types);
 	PG_TRY();
 	{
-		mark = pgbq_prepare(psprintf("UPDATE %s SET state = 'running', "
-									 "attempts = attempts + 1, started_at = $2, "
-									 "closed_at = NULL, worker_pid = $3 "
-									 "WHERE id = $1 RETURNING sql_statement", t),
-							3, mark_types);
-		finish = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-									   "worker_pid = NULL "
-									   "WHERE id = $1 AND state = 'running' "
-									   "AND worker_pid = $3", t),
-							  3, finish_types);
+		mark = pgbq_prepare(pgbq_sql_mark_running(&cat), 3, mark_types);
+		finish = pgbq_prepare(pgbq_sql_finish(&cat), 3, finish_types);
 		/* a task whose statements returned rows (1.3) */
 		if (cat.has_results)
-			finish_result = pgbq_prepare(psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-												  "worker_pid = NULL, result = $4, "
-												  "result_truncated = $5 "
-												  "WHERE id = $1 AND state = 'running' "
-												  "AND worker_pid = $3", t),
-										 5, finish_types);
-		next = pgbq_prepare(psprintf("SELECT min(next_run_at) FROM %s "
-									 "WHERE owner = $1 "
-									 "AND state IN ('pending', 'retrying') "
-									 "AND (priority, next_run_at, id) >= ($2, $3, $4)", t),
-							4, next_types);
+			finish_result = pgbq_prepare(pgbq_sql_finish_result(&cat), 5,
+										 finish_types);
+		next = pgbq_prepare(pgbq_sql_claim_next(&cat), 4, next_types);
 		/* the first row still claimable between the floor and the claimed */
-		check = pgbq_prepare(psprintf("SELECT priority, next_run_at, id FROM %s "
-									  "WHERE owner = $1 AND state IN ('pending', 'retrying') "
-									  "AND (priority, next_run_at, id) >= ($2, $3, $4) "
-									  "AND (priority, next_run_at, id) < ($5, $6, $7) "
-									  "ORDER BY priority, next_run_at, id LIMIT 1", t),
-							 7, check_types);
+		check = pgbq_prepare(pgbq_sql_claim_check(&cat), 7, check_types);
 	}
 	PG_CATCH();
 	{
@@ -609,11 +581,7 @@ pgbq_give_back(PgbqTask *task)
 	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	sql = psprintf("UPDATE %s SET state = CAST($2 AS %s.pg_background_queue_task_state), "
-				   "attempts = GREATEST(attempts - 1, 0), worker_pid = NULL "
-				   "WHERE id = $1 AND state = 'running' AND worker_pid = %d",
-				   pgbq_cat.qualified_table, pgbq_cat.qualified_schema,
-				   (int) MyProcPid);
+	sql = pgbq_sql_give_back(&pgbq_cat, (int) MyProcPid);
 	args[0] = Int64GetDatum(task->id);
 	args[1] = CStringGetTextDatum(task->prev_state);
 	if (SPI_execute_with_args(sql, 2, types, args, NULL, false, 0) != SPI_OK_UPDATE)

@@ -45,6 +45,7 @@
 
 #include "compat.h"
 #include "pgbq.h"
+#include "task_rows.h"
 
 PG_FUNCTION_INFO_V1(pg_background_queue_pause);
 PG_FUNCTION_INFO_V1(pg_background_queue_resume);
@@ -54,6 +55,9 @@ PG_FUNCTION_INFO_V1(pg_background_queue_note_work);
 #define PGBQ_PAUSED_FILE		"pg_background_queue.paused"
 #define PGBQ_PAUSED_FILE_TMP	PGBQ_PAUSED_FILE ".tmp"
 #define PGBQ_PAUSED_MAGIC		0x70626170	/* "pbap" */
+
+/* A keyed enqueue gives up after this many rounds of insert-or-look-up. */
+#define PGBQ_DEDUPE_ROUNDS		100
 
 typedef struct PgbqPausedTopic
 {
@@ -437,17 +441,8 @@ pgbq_insert_workflow(const char *qualified_table, const char *qualified_schema,
 	args[8] = errors ? CStringGetTextDatum(errors) : (Datum) 0;
 	nulls[8] = errors ? ' ' : 'n';
 	nulls[9] = '\0';
-	insert_sql = psprintf("INSERT INTO %s AS t (sql_statement, topic, owner, priority, run_at, next_run_at, "
-						  "dedupe_key, state, after, errors, closed_at) "
-						  "VALUES ($1, $2, $3, $4, $5, COALESCE($5, now()), $6, "
-						  "CAST($7 AS %s.pg_background_queue_task_state), $8, $9, "
-						  "CASE WHEN $9 IS NOT NULL THEN now() END) "
-						  "%s RETURNING id",
-						  qualified_table, qualified_schema,
-						  key ? "ON CONFLICT (owner, (COALESCE(topic, '')), dedupe_key) "
-						  "WHERE dedupe_key IS NOT NULL "
-						  "AND state NOT IN ('running', 'finished', 'failed', 'cancelled') "
-						  "DO NOTHING" : "");
+	insert_sql = pgbq_sql_insert_workflow(qualified_table, qualified_schema,
+										  key != NULL);
 	select_sql = psprintf("SELECT id FROM %s t WHERE t.owner = $1 "
 						  "AND COALESCE(t.topic, '') = COALESCE($2, '') AND t.dedupe_key = $3 "
 						  "AND t.state NOT IN ('running', 'finished', 'failed', 'cancelled')",
@@ -475,7 +470,7 @@ pgbq_insert_workflow(const char *qualified_table, const char *qualified_schema,
 		if (rc != SPI_OK_UPDATE)
 			elog(ERROR, "could not take dedupe key: %s", SPI_result_code_string(rc));
 	}
-	for (round = 0; round < 100; round++)
+	for (round = 0; round < PGBQ_DEDUPE_ROUNDS; round++)
 	{
 		bool		isnull;
 		int			rc;

@@ -35,7 +35,7 @@ TASK_SQL = "INSERT INTO public.bench_sink (at) VALUES (clock_timestamp())"
 CEILING_SCRIPT = (
     "\\set id random(1, 10000)\nUPDATE public.bench_ceiling SET n = n + 1 WHERE id = :id;\n"
 )
-#: The worker's claim (src/worker_bookkeeping.c), starting at the claim floor ($4, $5, $6).
+#: The worker's claim (pgbq_sql_claim, src/task_rows.c), from the claim floor ($4, $5, $6).
 CLAIM_SQL = (
     "SELECT id, topic, state::text, priority, next_run_at FROM public.pg_background_tasks "
     "WHERE owner = $1 AND state IN ('pending', 'retrying') AND next_run_at <= $2 "
