@@ -248,6 +248,7 @@ extern PgbqStartResult pgbq_slot_try_start(int slotno, int64 task_id,
 										   const PgbqTopicPolicy *policy,
 										   TimestampTz now,
 										   TimestampTz *retry_at);
+extern void pgbq_slot_hand_over(int slotno);
 extern void pgbq_slot_finish_task(int slotno);
 extern void pgbq_slot_clear(PgbqSlot *s);
 extern PgbqDemand *pgbq_demand_lookup(Oid dboid, Oid roleoid, bool create);

@@ -21,6 +21,9 @@
  *	 IDLE --(worker: pgbq_slot_try_start, after checking the global and
  *	 |		 topic limits and the rate limit in the same critical
  *	 |		 section)--> RUNNING (task_id, topic, task_started_at)
+ *	 RUNNING --(worker: pgbq_slot_hand_over; task ended, the next one is
+ *	 |		 claimed in the same commit; task_id 0)--> RUNNING, then
+ *	 |		 pgbq_slot_try_start (the next task) or pgbq_slot_finish_task
  *	 RUNNING --(worker: pgbq_slot_finish_task; task ended, given back,
  *	 |		 or its claim rolled back)--> IDLE
  *	 IDLE, RUNNING --(worker exit: pgbq_worker_detach; RUNNING asks for
@@ -95,6 +98,7 @@
 PgbqShared *pgbq_shared = NULL;
 
 static bool pgbq_slots_over_limit(void);
+static void pgbq_wake_capacity_waiters(void);
 
 #define PGBQ_LWLOCK_TRANCHE "pg_background_queue"
 
@@ -291,6 +295,11 @@ pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
 		}
 		rate->last_start = now;
 	}
+	/* a hand-over to another topic frees the old topic's capacity */
+	if (me->state == PGBQ_SLOT_RUNNING &&
+		(me->topic_isnull != (topic == NULL) ||
+		 (topic != NULL && strcmp(me->topic, topic) != 0)))
+		pgbq_wake_capacity_waiters();
 	me->state = PGBQ_SLOT_RUNNING;
 	me->task_id = task_id;
 	me->topic_isnull = (topic == NULL);
@@ -352,6 +361,35 @@ pgbq_wake_capacity_waiters(void)
 }
 
 /*
+ * pgbq_slot_hand_over
+ *		The slot's task ended, and the worker claims its next one in the same
+ *		commit: the slot stays RUNNING (the capacity it holds, global and
+ *		topic, is not freed, so no worker woken by a release can lock the
+ *		next task in priority order and make this claim skip it), but holds
+ *		no task any more (task_id 0: a cancel of the ended task reaches
+ *		nobody).  pgbq_slot_try_start then moves the slot to the next task,
+ *		waking the capacity waiters if the topic changes; if nothing is
+ *		claimed, pgbq_slot_finish_task frees it.
+ */
+void
+pgbq_slot_hand_over(int slotno)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[slotno];
+	Latch	   *launcher;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	if (me->state == PGBQ_SLOT_RUNNING && me->task_id != 0)
+		me->tasks_done++;
+	me->task_id = 0;
+	me->cancel_requested = false;
+	/* as at any task's end: a waiting pair may now ask this worker to yield */
+	launcher = pgbq_shared->unmet_demand ? pgbq_shared->launcher_latch : NULL;
+	LWLockRelease(pgbq_shared->lock);
+	if (launcher)
+		SetLatch(launcher);
+}
+
+/*
  * pgbq_slot_finish_task
  *		The slot no longer runs a task; wake workers waiting for capacity,
  *		and the launcher if it waits for a worker to become idle.
@@ -366,7 +404,9 @@ pgbq_slot_finish_task(int slotno)
 	if (me->state == PGBQ_SLOT_RUNNING)
 	{
 		me->state = PGBQ_SLOT_IDLE;
-		me->tasks_done++;
+		/* counted already if the task was handed over (pgbq_slot_hand_over) */
+		if (me->task_id != 0)
+			me->tasks_done++;
 	}
 	me->task_id = 0;
 	me->cancel_requested = false;

@@ -746,19 +746,28 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
 						task->id)));
 	pgbq_notify_terminal(task->id, "finished");
-	if (!in_batch)
-		pgbq_release_slot_task();
 
 	/*
 	 * Claim the next task in this commit only at READ COMMITTED: at a
 	 * higher level (the role's default, or the task's choice) the claim
 	 * would run on the task's snapshot, see rows claimed since as still
 	 * pending and fail to lock them with a serialization error.  The loop
-	 * claims in a transaction of its own instead.
+	 * claims in a transaction of its own instead.  The slot keeps its
+	 * capacity through the claim (pgbq_slot_hand_over): freed first, it
+	 * would wake workers waiting for it, and one of them locking the next
+	 * task (to find the topic full) would make this claim skip it, out of
+	 * priority order.
 	 */
 	if (!in_batch && !pgbq_got_sigterm && !IsolationUsesXactSnapshot() &&
 		!pgbq_slot_yielding(pgbq_slotno))
+	{
+		pgbq_slot_hand_over(pgbq_slotno);
 		next = pgbq_claim(&wait_until, &blocked);
+		if (next == NULL)
+			pgbq_release_slot_task();
+	}
+	else if (!in_batch)
+		pgbq_release_slot_task();
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	SPI_finish();
 	PopActiveSnapshot();

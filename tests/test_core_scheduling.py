@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from core_helpers import (
+    connect,
     enqueue,
     make_role,
     query,
@@ -135,9 +136,18 @@ def test_priority_then_eligible_time_then_id(node: Any) -> None:
         message="blocker did not start",
     )
     specs = [(5, "a"), (1, "b"), (3, "c"), (1, "d"), (5, "e"), (0, "f")]
-    ids = []
-    for prio, name in specs:
-        ids.append(enqueue(node, f"INSERT INTO ord (n) VALUES (ascii('{name}'))", "one", prio))
+    # one transaction: all six become visible together, whether or not the blocker is still
+    # running by then (on a loaded machine six separate sessions can outlast it)
+    with connect(node) as conn, conn.transaction():
+        ids = [
+            int(
+                conn.execute(
+                    "SELECT pg_background_enqueue(%s, 'one', %s) AS id",
+                    (f"INSERT INTO ord (n) VALUES (ascii('{name}'))", prio),
+                ).fetchone()["id"]
+            )
+            for prio, name in specs
+        ]
     wait_tasks(node, [*ids, blocker], timeout=60)
     order = [chr(r["n"]) for r in query(node, "SELECT n FROM ord ORDER BY seq")]
     assert order == ["f", "b", "d", "c", "a", "e"]
