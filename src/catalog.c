@@ -353,6 +353,14 @@ pgbq_forget_notifications_since(int n)
  *		short transaction of their own.  A failure (say, a full notification
  *		queue because a listener stopped reading) loses them with a WARNING:
  *		the task's outcome is committed, and listeners poll as a fallback.
+ *
+ *		That transaction commits without waiting for its WAL flush
+ *		(synchronous_commit off): notifications do not survive a crash
+ *		whatever the commit waits for (the queue is emptied at restart),
+ *		listeners see them as soon as the commit is in the commit log, and
+ *		the task's own outcome was flushed by the commit before.  A second
+ *		flush per task would otherwise halve the throughput of durable
+ *		commits.
  */
 void
 pgbq_flush_notifications(void)
@@ -365,6 +373,9 @@ pgbq_flush_notifications(void)
 	PG_TRY();
 	{
 		StartTransactionCommand();
+		(void) set_config_option("synchronous_commit", "off",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 		for (int i = 0; i < pgbq_npending; i++)
 			pgbq_send_notify(pgbq_pending[i].task_id, pgbq_pending[i].state);
 		pgbq_npending = 0;

@@ -248,6 +248,9 @@ extern PgbqStartResult pgbq_slot_try_start(int slotno, int64 task_id,
 										   const PgbqTopicPolicy *policy,
 										   TimestampTz now,
 										   TimestampTz *retry_at);
+extern List *pgbq_slot_held_back_topics(int slotno, TimestampTz now,
+										TimestampTz *rate_until);
+extern void pgbq_slot_forget_capacity_wait(int slotno);
 extern void pgbq_slot_hand_over(int slotno);
 extern void pgbq_slot_finish_task(int slotno);
 extern void pgbq_slot_clear(PgbqSlot *s);
@@ -284,6 +287,7 @@ extern void pgbq_floor_advance(Oid dboid, Oid roleoid, Oid table_oid,
 extern Size pgbq_paused_shmem_size(void);
 extern void pgbq_paused_shmem_init(void);
 extern bool pgbq_topic_paused(const char *topic);
+extern List *pgbq_paused_topics(List *topics);
 extern void pgbq_validate_dedupe_key(const char *key, int element);
 extern int64 pgbq_insert_workflow(const char *qualified_table,
 								  const char *qualified_schema,

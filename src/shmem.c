@@ -37,8 +37,12 @@
  *	  starts looking for work (pgbq_demand_seq).  A woken worker is not
  *	  counted again for new work and is never evicted.
  *	- waiting_capacity: set by pgbq_slot_try_start when a limit held a task
- *	  back; cleared, and the latch set, by pgbq_wake_capacity_waiters when a
- *	  running slot frees, or when the slot starts a task.
+ *	  back, and by pgbq_slot_held_back_topics when the claim leaves a full
+ *	  topic out (its worker may set its own flag holding the lock in any
+ *	  mode; every other write holds it exclusively); cleared, and the
+ *	  latch set, by pgbq_wake_capacity_waiters when a running slot frees;
+ *	  cleared when the slot starts a task, or by pgbq_slot_forget_
+ *	  capacity_wait when the claim found no task waiting.
  *	- asleep: set by the worker when it found no work and goes to sleep,
  *	  cleared when it wakes to look again (pgbq_demand_seq); only a worker
  *	  asleep is evicted (pgbq_make_room).
@@ -312,6 +316,125 @@ pgbq_slot_try_start(int slotno, int64 task_id, const char *topic,
 	me->waiting_capacity = false;
 	LWLockRelease(pgbq_shared->lock);
 	return PGBQ_START_OK;
+}
+
+/*
+ * pgbq_slot_topic_listed
+ *		Is this topic (NULL: the default topic, "" in the list) in topics?
+ */
+static bool
+pgbq_slot_topic_listed(List *topics, const char *topic)
+{
+	ListCell   *lc;
+
+	foreach(lc, topics)
+	{
+		if (strcmp((const char *) lfirst(lc), topic ? topic : "") == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * pgbq_slot_held_back_topics
+ *		The topics of which the slot could start no task now: paused, at
+ *		their concurrency limit (counting the other slots), or inside their
+ *		rate limit's spacing (*rate_until: the earliest time one of those
+ *		may start again, 0 if none).  The claim leaves their rows out from
+ *		its first round, so that it does not lock a row only to be refused
+ *		it: while a refused claim holds that lock, however briefly, other
+ *		workers' claims skip the row (SKIP LOCKED) and take the tasks behind
+ *		it, out of priority order; a batch would commit them without it.
+ *		A topic that fills up after this look is still refused by
+ *		pgbq_slot_try_start.
+ *
+ *		A topic held back by its concurrency limit marks the slot as
+ *		waiting for capacity now, under the lock, so that a slot freed
+ *		before the claim ends wakes it (pgbq_slot_forget_capacity_wait
+ *		undoes that when no task was waiting after all).  The flag is the
+ *		slot's own: its worker sets it with the lock held in any mode, a
+ *		waker clears it holding the lock exclusively.
+ */
+List *
+pgbq_slot_held_back_topics(int slotno, TimestampTz now, TimestampTz *rate_until)
+{
+	PgbqSlot   *me = &pgbq_shared->slots[slotno];
+	List	   *held = NIL;
+	int			i;
+
+	*rate_until = 0;
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	held = pgbq_paused_topics(held);
+
+	/* topics at their concurrency limit: those of the other running slots */
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+		const char *topic;
+		PgbqTopicPolicy policy;
+		int			running = 0;
+		int			j;
+
+		if (s->state != PGBQ_SLOT_RUNNING || i == slotno)
+			continue;
+		topic = s->topic_isnull ? NULL : s->topic;
+		if (pgbq_slot_topic_listed(held, topic))
+			continue;
+		pgbq_topic_policy(topic, &policy);
+		if (policy.max_parallel < 0)
+			continue;
+		for (j = 0; j < pgbq_shared->nslots; j++)
+		{
+			PgbqSlot   *o = &pgbq_shared->slots[j];
+
+			if (o->state == PGBQ_SLOT_RUNNING && j != slotno &&
+				o->topic_isnull == s->topic_isnull &&
+				(s->topic_isnull || strcmp(o->topic, s->topic) == 0))
+				running++;
+		}
+		if (running >= policy.max_parallel)
+		{
+			held = lappend(held, pstrdup(topic ? topic : ""));
+			me->waiting_capacity = true;
+		}
+	}
+
+	/* topics inside their rate limit's spacing */
+	for (i = 0; i < PGBQ_MAX_RATE_TOPICS; i++)
+	{
+		PgbqRateTopic *r = &pgbq_shared->rates[i];
+		const char *topic;
+		PgbqTopicPolicy policy;
+		TimestampTz until;
+
+		if (!r->in_use || r->last_start == 0)
+			continue;
+		topic = r->isnull ? NULL : r->topic;
+		pgbq_topic_policy(topic, &policy);
+		if (policy.delay_in_sec <= 0)
+			continue;
+		until = r->last_start + (int64) (policy.delay_in_sec * USECS_PER_SEC);
+		if (until <= now || pgbq_slot_topic_listed(held, topic))
+			continue;
+		held = lappend(held, pstrdup(topic ? topic : ""));
+		if (*rate_until == 0 || until < *rate_until)
+			*rate_until = until;
+	}
+	LWLockRelease(pgbq_shared->lock);
+	return held;
+}
+
+/*
+ * pgbq_slot_forget_capacity_wait
+ *		The claim found no task waiting after all: a slot freed later need
+ *		not wake this one.
+ */
+void
+pgbq_slot_forget_capacity_wait(int slotno)
+{
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	pgbq_shared->slots[slotno].waiting_capacity = false;
+	LWLockRelease(pgbq_shared->lock);
 }
 
 /*

@@ -298,11 +298,20 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
  *		(caller is inside SPI and a privileged section).  Returns NULL if
  *		none can start now; *wait_until is then the earliest time one might
  *		(0 if unknown), *blocked whether a limit held a task back.
+ *
+ *		The topics known to be held back (paused, full, rate-limited:
+ *		pgbq_slot_held_back_topics) are left out from the first round, so
+ *		that the claim locks no row of theirs only to be refused it (which
+ *		would make other claims skip that row).  A topic refused by
+ *		pgbq_slot_try_start all the same (it filled up meanwhile) is left
+ *		out of the next round.
  */
 static PgbqTask *
 pgbq_claim(TimestampTz *wait_until, bool *blocked)
 {
-	List	   *skipped = NIL;
+	List	   *skipped;
+	List	   *held;
+	TimestampTz held_until;
 	int			round;
 	Oid			roleoid = pgbq_shared->slots[pgbq_slotno].roleoid;
 	PgbqClaimKey start;
@@ -310,6 +319,9 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 
 	*wait_until = 0;
 	*blocked = false;
+	held = pgbq_slot_held_back_topics(pgbq_slotno, GetCurrentTimestamp(),
+									  &held_until);
+	skipped = list_copy(held);
 
 	/*
 	 * Read the floor before the claim query takes its snapshot (see
@@ -352,8 +364,10 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		prev_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
 
 		/*
-		 * Only the first round moves the floor: later rounds skip the rows
-		 * of topics held back, which must stay above it.
+		 * Only the first round moves the floor.  It too may have left rows
+		 * of held-back topics out, but the proposal is the first row still
+		 * claimable between the floor and this one whatever its topic, so
+		 * they stay above the floor.
 		 */
 		if (round == 0 && pgbq_cat.has_claim_floor)
 		{
@@ -427,10 +441,26 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		{
 			TimestampTz next = DatumGetTimestampTz(d);
 
-			if (next > GetCurrentTimestamp() &&
-				(*wait_until == 0 || next < *wait_until))
-				*wait_until = next;
+			if (next > GetCurrentTimestamp())
+			{
+				if (*wait_until == 0 || next < *wait_until)
+					*wait_until = next;
+			}
+			else if (held != NIL)
+			{
+				/*
+				 * A task is due that this claim did not take: one of a
+				 * topic left out (or one locked by another claim).
+				 */
+				*blocked = true;
+				if (held_until != 0 &&
+					(*wait_until == 0 || held_until < *wait_until))
+					*wait_until = held_until;
+				return NULL;
+			}
 		}
+		if (held != NIL)
+			pgbq_slot_forget_capacity_wait(pgbq_slotno);
 	}
 	return NULL;
 }

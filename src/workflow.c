@@ -182,6 +182,25 @@ pgbq_topic_paused(const char *topic)
 }
 
 /*
+ * pgbq_paused_topics
+ *		Append the name of every paused topic to topics ("" for the default
+ *		topic, as the claim's list of topics to leave out spells it).
+ *		Caller holds pgbq_shared->lock (any mode).
+ */
+List *
+pgbq_paused_topics(List *topics)
+{
+	int			i;
+
+	if (pgbq_paused == NULL)
+		return topics;
+	for (i = 0; i < pgbq_paused->count; i++)
+		topics = lappend(topics, pgbq_paused->topics[i].isnull ? pstrdup("") :
+						 pstrdup(pgbq_paused->topics[i].topic));
+	return topics;
+}
+
+/*
  * pgbq_paused_save
  *		Write a paused set to its file durably (temporary file, fsync,
  *		durable rename).  Errors are ERRORs; the caller changes shared
