@@ -183,8 +183,16 @@ pgbq_sql_claim_next(const PgbqCatalog *cat)
 
 /*
  * pgbq_sql_claim_check
- *		The first row of the role ($1) still claimable between the floor
- *		($2, $3, $4) and the claimed row ($5, $6, $7).
+ *		The first row of the role ($1) still claimable from the floor ($2,
+ *		$3, $4) on; the caller compares it with the claimed row.
+ *
+ *		No upper bound at the claimed row: before PostgreSQL 18 a btree
+ *		scan ends at a row comparison's bound only when the comparison is
+ *		decided by its first column, and claim keys mostly differ in their
+ *		id alone, so "< (claimed key)" made every claim that found nothing
+ *		in between (the usual case) read the role's whole queue to its end.
+ *		This scan ends at the first claimable row, at most just past the
+ *		claimed one.
  */
 char *
 pgbq_sql_claim_check(const PgbqCatalog *cat)
@@ -192,7 +200,6 @@ pgbq_sql_claim_check(const PgbqCatalog *cat)
 	return psprintf("SELECT priority, next_run_at, id FROM %s "
 					"WHERE owner = $1 AND state IN ('pending', 'retrying') "
 					"AND (priority, next_run_at, id) >= ($2, $3, $4) "
-					"AND (priority, next_run_at, id) < ($5, $6, $7) "
 					"ORDER BY priority, next_run_at, id LIMIT 1",
 					cat->qualified_table);
 }

@@ -96,8 +96,7 @@ pgbq_worker_plans(void)
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			finish_types[5] = {INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, BOOLOID};
 	Oid			next_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
-	Oid			check_types[7] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID,
-	INT4OID, TIMESTAMPTZOID, INT8OID};
+	Oid			check_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	SPIPlanPtr	claim;
 	SPIPlanPtr volatile mark = NULL;
 	SPIPlanPtr volatile finish = NULL;
@@ -162,7 +161,7 @@ pgbq_worker_plans(void)
 										 finish_types);
 		next = pgbq_prepare(pgbq_sql_claim_next(&cat), 4, next_types);
 		/* the first row still claimable between the floor and the claimed */
-		check = pgbq_prepare(pgbq_sql_claim_check(&cat), 7, check_types);
+		check = pgbq_prepare(pgbq_sql_claim_check(&cat), 4, check_types);
 	}
 	PG_CATCH();
 	{
@@ -258,13 +257,16 @@ pgbq_text_array(List *topics)
  *		After the first claim round found the row at key found (claimed or
  *		held back by a topic limit), starting at start: propose the first
  *		row still claimable in between (delayed, or locked by another claim),
- *		or found itself, as the role's new claim floor.
+ *		or found itself, as the role's new claim floor.  The check reads the
+ *		first claimable row from start on, in a snapshot taken after the
+ *		claim (found itself is ours now, not claimable to it): one before
+ *		found is the proposal.
  */
 static void
 pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 				   const PgbqClaimKey *found)
 {
-	Datum		args[7];
+	Datum		args[4];
 	PgbqClaimKey proposal = *found;
 	int			rc;
 
@@ -272,9 +274,6 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 	args[1] = Int32GetDatum(start->priority);
 	args[2] = TimestampTzGetDatum(start->next_run_at);
 	args[3] = Int64GetDatum(start->id);
-	args[4] = Int32GetDatum(found->priority);
-	args[5] = TimestampTzGetDatum(found->next_run_at);
-	args[6] = Int64GetDatum(found->id);
 	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
@@ -282,11 +281,14 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		PgbqClaimKey first;
 		bool		isnull;
 
-		proposal.priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		proposal.next_run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
-		proposal.id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		first.priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		first.next_run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		first.id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		if (pgbq_claim_key_cmp(&first, found) < 0)
+			proposal = first;
 	}
 	pgbq_floor_advance(MyDatabaseId, roleoid, pgbq_cat.table_oid, epoch,
 					   &proposal);

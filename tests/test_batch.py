@@ -197,21 +197,22 @@ def test_concurrency_limit_holds_for_a_batched_topic(node: Any) -> None:
 def test_priorities_hold_across_batches(node: Any) -> None:
     # A batch is held in its first task; an urgent task of the same topic enqueued meanwhile
     # is the batch's next claim, ahead of the lower-priority tasks enqueued before it.
+    # The batch's first task is enqueued alone: of several tasks enqueued at once, two idle
+    # workers claiming at the same instant may start the second first (one locks the first
+    # task, is refused because the other has just filled the topic, and holds the lock until
+    # its claim's transaction ends). Once the topic is full, no claim locks its tasks.
     query(node, "CREATE TABLE order_seen (tag text, at serial)")
     first = (
         "WITH i AS (INSERT INTO public.order_seen (tag) VALUES ('low') RETURNING 1) "
         "SELECT public.wait_for('urgent-enqueued') FROM i"
     )
-    low = enqueue_many(
-        node,
-        [first] + ["INSERT INTO public.order_seen (tag) VALUES ('low')"] * 5,
-        "batch",
-    )
+    low = enqueue_many(node, [first], "batch")
     poll_until(
         lambda: task(node, low[0])["state"] == "running",
         timeout=30,
         message="batch not started",
     )
+    low += enqueue_many(node, ["INSERT INTO public.order_seen (tag) VALUES ('low')"] * 5, "batch")
     high = int(
         scalar(
             node,
@@ -248,7 +249,22 @@ def test_kill_9_mid_batch_leaves_no_effect_without_finished_and_no_finished_with
     pid = poll_until(sleeping_worker, timeout=30, message="the batch did not reach the sleeper")
     # tasks 0..9 are done in the open batch: nobody sees them finished or their effects
     assert scalar(node, "SELECT count(*) FROM effects WHERE tag = 'crash'") == 0
+    launcher = (
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_background_queue launcher'"
+    )
+    before = scalar(node, launcher)
     os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> bool:
+        # the crash restart has happened once a new launcher runs (a query right after the
+        # kill may still reach the server before the postmaster has noticed)
+        try:
+            now = scalar(node, launcher)
+        except psycopg.OperationalError:
+            return False
+        return now is not None and now != before
+
+    poll_until(restarted, timeout=60, message="the crash restart")
 
     def consistent_after_restart() -> bool | None:
         # one statement, so one snapshot for both sides

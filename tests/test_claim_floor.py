@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from core_helpers import enqueue, query, scalar, wait_tasks
-from pg_background_queue.testing.cluster import destroy_node, make_node
+from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 #: Tasks of the background stream, and how long each runs (s).
 STREAM = 12
@@ -120,3 +120,41 @@ def test_stale_floor_is_caught_by_a_front_scan(node: Any) -> None:
         wait_tasks(node, [urgent, *ids])
     finally:
         query(node, "ALTER TABLE pg_background_tasks ENABLE TRIGGER pg_background_tasks_claimable")
+
+
+def test_claims_read_a_bounded_part_of_the_claim_index_however_long_the_queue(node: Any) -> None:
+    """Each claim reads a few pages of the claim index, not the role's whole queue.
+
+    Regression: the floor check bounded its scan by "< the claimed row's key", a row comparison
+    that a btree scan before PostgreSQL 18 stops at only when its first column (priority)
+    decides it; in a run of same-priority tasks every claim read the rest of the queue, so
+    working through n tasks read O(n^2) index entries. Counted in index block reads per task
+    (pg_statio, flushed when the workers exit), never timed."""
+    tasks = 8000
+    query(node, "SELECT pg_stat_reset()")
+    ids = [
+        int(r["id"])
+        for r in query(
+            node,
+            "SELECT pg_background_enqueue_many(array_fill('SELECT 1'::text, ARRAY[%s]), "
+            "NULL, 7) AS id",
+            (tasks,),
+        )
+    ]
+    wait_tasks(node, [ids[-1]], timeout=300)
+    # the workers' statistics are flushed when they exit
+    query(node, "SELECT pg_terminate_backend(pid) FROM pg_background_queue_workers")
+    hits = poll_until(
+        lambda: scalar(
+            node,
+            "SELECT nullif(idx_blks_hit + idx_blks_read, 0) FROM pg_statio_user_indexes "
+            "WHERE indexrelname = 'pg_background_tasks_claim_idx' AND NOT EXISTS "
+            "(SELECT 1 FROM pg_background_queue_workers)",
+        ),
+        timeout=30,
+        message="the workers' statistics",
+    )
+    per_task = int(hits) / tasks
+    # a claim and its floor check: a descent each (root + leaf), a page more at times; the
+    # rest of the queue (30 leaf pages at the start) is not read again per claim
+    assert per_task < 12, f"{per_task:.1f} claim index pages per task"
