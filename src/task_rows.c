@@ -186,9 +186,9 @@ pgbq_sql_claim_next(const PgbqCatalog *cat)
  *		The first row of the role ($1) still claimable from the floor ($2,
  *		$3, $4) on; the caller compares it with the claimed row.
  *
- *		No upper bound at the claimed row: before PostgreSQL 18 a btree
- *		scan ends at a row comparison's bound only when the comparison is
- *		decided by its first column, and claim keys mostly differ in their
+ *		No upper bound at the claimed row: a btree scan ends at a row
+ *		comparison's bound only when the comparison is decided by its first
+ *		column (seen on PostgreSQL 15), and claim keys mostly differ in their
  *		id alone, so "< (claimed key)" made every claim that found nothing
  *		in between (the usual case) read the role's whole queue to its end.
  *		This scan ends at the first claimable row, at most just past the
