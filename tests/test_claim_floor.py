@@ -126,8 +126,9 @@ def test_claims_read_a_bounded_part_of_the_claim_index_however_long_the_queue(no
     """Each claim reads a few pages of the claim index, not the role's whole queue.
 
     Regression: the floor check bounded its scan by "< the claimed row's key", a row comparison
-    that a btree scan stops at only when its first column (priority) decides it (seen on 15); in a run of same-priority tasks every claim read the rest of the queue, so
-    working through n tasks read O(n^2) index entries. Counted in index block reads per task
+    that a btree scan stops at only when its first column (priority) decides it (seen on 15);
+    in a run of same-priority tasks every claim read the rest of the queue, so working through
+    n tasks read O(n^2) index entries. Counted in index block reads per task
     (pg_statio, flushed when the workers exit), never timed."""
     tasks = 8000
     query(node, "SELECT pg_stat_reset()")
