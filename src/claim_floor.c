@@ -12,7 +12,10 @@
  * where the last one ended instead.
  *
  * Invariant: every committed claimable row (pending or retrying) of the
- * role has a claim key >= the floor.  It is kept by two moves:
+ * role has a claim key >= the floor, except rows held: locked by a claim
+ * in a worker's open transaction and listed in that worker's slot (held[],
+ * under pgbq_shared->lock, written by the worker alone).  It is kept by
+ * three moves:
  *
  *	- lowering: a row becomes claimable (INSERT, or an UPDATE to pending or
  *	  retrying: retries, give-backs, released dependents, reschedules, an
@@ -23,12 +26,31 @@
  *	- advancing: a worker reads the floor and its epoch BEFORE the claim
  *	  query takes its snapshot, claims the first eligible row R from there,
  *	  and proposes as the new floor the first row still claimable in its
- *	  snapshot between the old floor and R (rows delayed until later, rows
- *	  locked by another claim), or R itself.  A row its snapshot could not
- *	  see committed after the epoch was read, so its lowering is in the
- *	  floor's ring of recent lowerings: the floor becomes the minimum of the
+ *	  snapshot between the old floor and R that no slot lists as held (rows
+ *	  delayed until later, rows of held-back topics, rows locked by a claim
+ *	  not listed yet), or R itself.  A row its snapshot could not see
+ *	  committed after the epoch was read, so its lowering is in the floor's
+ *	  ring of recent lowerings: the floor becomes the minimum of the
  *	  proposal and every lowering since the epoch read.  If the ring no
  *	  longer covers them all, the floor is left as it is.
+ *
+ *	- letting go (pgbq_floor_hold): a worker lists every row its claims lock
+ *	  (after the claim query returned it, so a row not listed yet holds a
+ *	  proposal back) and notes which it marked running.  When its
+ *	  transaction ends, or a subtransaction that locked or marked one rolls
+ *	  back, it first takes the rows out of its list, then lowers the floor
+ *	  to every one it lets go that may be claimable again: on commit the
+ *	  rows it never marked running (claimed and refused by a topic limit),
+ *	  on rollback all of them.  Taken out first, a claim that reads the
+ *	  list afterwards sees the row as claimable; a claim that read the list
+ *	  before read its epoch before the lowering, which the ring then
+ *	  covers.  A worker that dies rolls back through the same callback; a
+ *	  crash of the server resets shared memory, floors included.
+ *
+ * Without the held rows, the floor stayed behind every claim in flight, and
+ * every claim walked the rows locked by all the others: with batches (up
+ * to tasks_per_commit rows locked per worker for the whole batch), most of
+ * a claim's time.
  *
  * Rows that become claimable without the trigger firing at commit in this
  * server (a prepared transaction committed later, a disabled trigger) are
@@ -42,11 +64,13 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
 #include "storage/lwlock.h"
+#include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
@@ -68,10 +92,31 @@ typedef struct PgbqFloorPending
 	PgbqClaimKey key;
 } PgbqFloorPending;
 
+/* A row locked by a claim of this worker's open transaction. */
+typedef struct PgbqFloorHeld
+{
+	PgbqClaimKey key;
+	SubTransactionId locked_in;	/* the subtransaction that claimed it */
+	SubTransactionId started_in;	/* marked running in; Invalid: not */
+} PgbqFloorHeld;
+
 static PgbqFloorPending pgbq_floor_pending[PGBQ_FLOOR_PENDING_ROLES];
 static int	pgbq_floor_npending = 0;
 static bool pgbq_floor_overflow = false;
 static bool pgbq_floor_callback_registered = false;
+
+/* Rows held (see the top of the file); mirrored in held[] of the slot. */
+static PgbqFloorHeld pgbq_floor_held[PGBQ_SLOT_HELD_CLAIMS];
+static int	pgbq_floor_nheld = 0;
+static int	pgbq_floor_held_slotno = -1;
+static Oid	pgbq_floor_held_role = InvalidOid;
+static Oid	pgbq_floor_held_table = InvalidOid;
+
+static void pgbq_floor_xact_callback(XactEvent event, void *arg);
+static void pgbq_floor_subxact_callback(SubXactEvent event,
+										SubTransactionId mySubid,
+										SubTransactionId parentSubid,
+										void *arg);
 
 /*
  * pgbq_floor_attnum
@@ -252,6 +297,192 @@ pgbq_floor_lower(Oid dboid, Oid roleoid, Oid table_oid, const PgbqClaimKey *key)
 }
 
 /*
+ * pgbq_floor_register_callbacks
+ *		Register the transaction callbacks, once per process.
+ */
+static void
+pgbq_floor_register_callbacks(void)
+{
+	if (pgbq_floor_callback_registered)
+		return;
+	RegisterXactCallback(pgbq_floor_xact_callback, NULL);
+	RegisterSubXactCallback(pgbq_floor_subxact_callback, NULL);
+	pgbq_floor_callback_registered = true;
+}
+
+/*
+ * pgbq_floor_publish_held
+ *		Copy the ids of the rows held, from entry from on, to our slot's
+ *		list.  Nothing if the slot is no longer ours (the worker is on its
+ *		way out: its list was emptied).
+ */
+static void
+pgbq_floor_publish_held(int from)
+{
+	PgbqSlot   *s;
+	int			i;
+
+	if (pgbq_floor_held_slotno < 0)
+		return;
+	s = &pgbq_shared->slots[pgbq_floor_held_slotno];
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	if (s->pid == MyProcPid)
+	{
+		for (i = from; i < pgbq_floor_nheld; i++)
+			s->held[i] = pgbq_floor_held[i].key.id;
+		s->nheld = pgbq_floor_nheld;
+	}
+	LWLockRelease(pgbq_shared->lock);
+}
+
+/*
+ * pgbq_floor_hold
+ *		A claim of this worker (slot slotno) locked the claimable row with
+ *		this key, in the current transaction: list it, so that the claims
+ *		of other workers may propose floors past it.  Not listed beyond
+ *		PGBQ_SLOT_HELD_CLAIMS rows: such a row holds the floor back until
+ *		the transaction ends.
+ */
+void
+pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
+				const PgbqClaimKey *key)
+{
+	PgbqFloorHeld *h;
+
+	if (pgbq_shared == NULL || pgbq_floor_nheld >= PGBQ_SLOT_HELD_CLAIMS)
+		return;
+	/* one worker claims for one role from one table in a transaction */
+	if (pgbq_floor_nheld > 0 &&
+		(slotno != pgbq_floor_held_slotno || roleoid != pgbq_floor_held_role ||
+		 table_oid != pgbq_floor_held_table))
+		return;
+	pgbq_floor_register_callbacks();
+	pgbq_floor_held_slotno = slotno;
+	pgbq_floor_held_role = roleoid;
+	pgbq_floor_held_table = table_oid;
+	h = &pgbq_floor_held[pgbq_floor_nheld++];
+	h->key = *key;
+	h->locked_in = GetCurrentSubTransactionId();
+	h->started_in = InvalidSubTransactionId;
+	pgbq_floor_publish_held(pgbq_floor_nheld - 1);
+}
+
+/*
+ * pgbq_floor_hold_started
+ *		The held row id was marked running in the current subtransaction:
+ *		if that commits, the row is not claimable any more.
+ */
+void
+pgbq_floor_hold_started(int64 id)
+{
+	int			i;
+
+	for (i = 0; i < pgbq_floor_nheld; i++)
+		if (pgbq_floor_held[i].key.id == id &&
+			pgbq_floor_held[i].started_in == InvalidSubTransactionId)
+			pgbq_floor_held[i].started_in = GetCurrentSubTransactionId();
+}
+
+/*
+ * pgbq_floor_held_ids
+ *		The ids every worker of (database, role) lists as held, for the
+ *		claim's floor proposal to pass.
+ */
+ArrayType *
+pgbq_floor_held_ids(Oid dboid, Oid roleoid)
+{
+	Datum	   *ids;
+	int			n = 0;
+	int			i;
+
+	ids = palloc(sizeof(Datum) * pgbq_shared->nslots * PGBQ_SLOT_HELD_CLAIMS);
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	for (i = 0; i < pgbq_shared->nslots; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+		int			j;
+
+		if (s->state == PGBQ_SLOT_FREE || s->kind != PGBQ_KIND_TASK ||
+			s->dboid != dboid || s->roleoid != roleoid)
+			continue;
+		for (j = 0; j < s->nheld; j++)
+			ids[n++] = Int64GetDatum(s->held[j]);
+	}
+	LWLockRelease(pgbq_shared->lock);
+	return construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+						   TYPALIGN_DOUBLE);
+}
+
+/*
+ * pgbq_floor_let_go
+ *		Take held rows out of the slot's list, then lower the floor to those
+ *		that may be claimable again (in this order: see the top of the
+ *		file).  At the end of the transaction (sub is Invalid) every row
+ *		goes: on commit the rows never marked running are lowered to, on
+ *		rollback all of them.  When subtransaction sub rolls back, the rows
+ *		it locked go and are lowered to, and the running marks it made are
+ *		forgotten.
+ */
+static void
+pgbq_floor_let_go(bool committed, SubTransactionId sub)
+{
+	PgbqClaimKey low;
+	bool		lower = false;
+	int			kept = 0;
+	int			i;
+
+	for (i = 0; i < pgbq_floor_nheld; i++)
+	{
+		PgbqFloorHeld *h = &pgbq_floor_held[i];
+		bool		goes;
+		bool		claimable;
+
+		if (sub != InvalidSubTransactionId)
+		{
+			if (h->started_in != InvalidSubTransactionId && h->started_in >= sub)
+				h->started_in = InvalidSubTransactionId;
+			/* subtransaction ids grow: >= sub is sub or one inside it */
+			goes = (h->locked_in >= sub);
+			claimable = goes;
+		}
+		else
+		{
+			goes = true;
+			claimable = !committed || h->started_in == InvalidSubTransactionId;
+		}
+		if (claimable && (!lower || pgbq_claim_key_cmp(&h->key, &low) < 0))
+		{
+			low = h->key;
+			lower = true;
+		}
+		if (!goes)
+			pgbq_floor_held[kept++] = *h;
+	}
+	if (kept == pgbq_floor_nheld)
+		return;
+	pgbq_floor_nheld = kept;
+	pgbq_floor_publish_held(kept);
+	if (lower)
+		pgbq_floor_lower(MyDatabaseId, pgbq_floor_held_role,
+						 pgbq_floor_held_table, &low);
+}
+
+/*
+ * pgbq_floor_subxact_callback
+ *		A subtransaction rolled back: let go of the rows it locked.
+ */
+static void
+pgbq_floor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							SubTransactionId parentSubid, void *arg)
+{
+	(void) parentSubid;
+	(void) arg;
+	if (event == SUBXACT_EVENT_ABORT_SUB && pgbq_floor_nheld > 0 &&
+		pgbq_shared != NULL)
+		pgbq_floor_let_go(false, mySubid);
+}
+
+/*
  * pgbq_floor_reset_database
  *		Forget every floor of a database (more roles lowered in one
  *		transaction than we keep track of).
@@ -285,6 +516,10 @@ pgbq_floor_xact_callback(XactEvent event, void *arg)
 	int			i;
 
 	(void) arg;
+	if (pgbq_floor_nheld > 0 && pgbq_shared != NULL &&
+		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		 event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PREPARE))
+		pgbq_floor_let_go(event == XACT_EVENT_COMMIT, InvalidSubTransactionId);
 	if (event == XACT_EVENT_COMMIT && pgbq_shared != NULL)
 	{
 		if (pgbq_floor_overflow)
@@ -312,11 +547,7 @@ pgbq_floor_note(Oid roleoid, Oid table_oid, const PgbqClaimKey *key)
 {
 	int			i;
 
-	if (!pgbq_floor_callback_registered)
-	{
-		RegisterXactCallback(pgbq_floor_xact_callback, NULL);
-		pgbq_floor_callback_registered = true;
-	}
+	pgbq_floor_register_callbacks();
 	for (i = 0; i < pgbq_floor_npending; i++)
 	{
 		PgbqFloorPending *p = &pgbq_floor_pending[i];

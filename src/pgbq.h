@@ -134,6 +134,14 @@ typedef enum PgbqWorkerKind
  */
 #define PGBQ_YIELD_AFTER_MS		1000
 
+/*
+ * Rows one worker's transaction can hold locked from its claims and still
+ * let the claim floor pass (claim_floor.c): a batch's tasks, the next task
+ * claimed with the last, and rows claimed only to be refused.  Claims
+ * beyond it hold the floor back, as all claims did before.
+ */
+#define PGBQ_SLOT_HELD_CLAIMS	(PGBQ_MAX_TASKS_PER_COMMIT + 16)
+
 typedef struct PgbqSlot
 {
 	PgbqSlotState state;
@@ -155,6 +163,12 @@ typedef struct PgbqSlot
 	bool		waiting_capacity;	/* wake me when a running slot frees */
 	TimestampTz wake_at;		/* idle worker: when its delayed work is due */
 	bool		asleep;			/* found no work, sleeps on its latch */
+	int			nheld;			/* used entries of held */
+	int64		held[PGBQ_SLOT_HELD_CLAIMS];	/* ids of the claimable rows
+												 * the worker's open
+												 * transaction locked in claims
+												 * (claim_floor.c); written by
+												 * the worker only */
 } PgbqSlot;
 
 typedef struct PgbqDemand
@@ -279,6 +293,10 @@ extern void pgbq_floor_read(Oid dboid, Oid roleoid, Oid table_oid,
 							PgbqClaimKey *key, uint64 *epoch);
 extern void pgbq_floor_advance(Oid dboid, Oid roleoid, Oid table_oid,
 							   uint64 epoch, const PgbqClaimKey *proposal);
+extern void pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
+							const PgbqClaimKey *key);
+extern void pgbq_floor_hold_started(int64 id);
+extern struct ArrayType *pgbq_floor_held_ids(Oid dboid, Oid roleoid);
 
 /* ---------------------------------------------------------------------
  * Workflows (workflow.c): paused topics

@@ -184,7 +184,9 @@ pgbq_sql_claim_next(const PgbqCatalog *cat)
 /*
  * pgbq_sql_claim_check
  *		The first row of the role ($1) still claimable from the floor ($2,
- *		$3, $4) on; the caller compares it with the claimed row.
+ *		$3, $4) on, but for the rows workers hold ($5: locked by their
+ *		claims, see claim_floor.c); the caller compares it with the claimed
+ *		row.
  *
  *		No upper bound at the claimed row: a btree scan ends at a row
  *		comparison's bound only when the comparison is decided by its first
@@ -200,6 +202,7 @@ pgbq_sql_claim_check(const PgbqCatalog *cat)
 	return psprintf("SELECT priority, next_run_at, id FROM %s "
 					"WHERE owner = $1 AND state IN ('pending', 'retrying') "
 					"AND (priority, next_run_at, id) >= ($2, $3, $4) "
+					"AND id <> ALL ($5) "
 					"ORDER BY priority, next_run_at, id LIMIT 1",
 					cat->qualified_table);
 }

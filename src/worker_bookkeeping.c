@@ -96,7 +96,8 @@ pgbq_worker_plans(void)
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			finish_types[5] = {INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, BOOLOID};
 	Oid			next_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
-	Oid			check_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Oid			check_types[5] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID,
+	INT8ARRAYOID};
 	SPIPlanPtr	claim;
 	SPIPlanPtr volatile mark = NULL;
 	SPIPlanPtr volatile finish = NULL;
@@ -161,7 +162,7 @@ pgbq_worker_plans(void)
 										 finish_types);
 		next = pgbq_prepare(pgbq_sql_claim_next(&cat), 4, next_types);
 		/* the first row still claimable between the floor and the claimed */
-		check = pgbq_prepare(pgbq_sql_claim_check(&cat), 4, check_types);
+		check = pgbq_prepare(pgbq_sql_claim_check(&cat), 5, check_types);
 	}
 	PG_CATCH();
 	{
@@ -256,17 +257,17 @@ pgbq_text_array(List *topics)
  * pgbq_floor_propose
  *		After the first claim round found the row at key found (claimed or
  *		held back by a topic limit), starting at start: propose the first
- *		row still claimable in between (delayed, or locked by another claim),
- *		or found itself, as the role's new claim floor.  The check reads the
- *		first claimable row from start on, in a snapshot taken after the
- *		claim (found itself is ours now, not claimable to it): one before
- *		found is the proposal.
+ *		row still claimable in between that no worker holds (delayed, of a
+ *		held-back topic, locked by a claim not listed yet), or found itself,
+ *		as the role's new claim floor.  The check reads the first such row
+ *		from start on, in a snapshot taken after the claim: one before found
+ *		is the proposal.
  */
 static void
 pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 				   const PgbqClaimKey *found)
 {
-	Datum		args[4];
+	Datum		args[5];
 	PgbqClaimKey proposal = *found;
 	int			rc;
 
@@ -274,6 +275,7 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 	args[1] = Int32GetDatum(start->priority);
 	args[2] = TimestampTzGetDatum(start->next_run_at);
 	args[3] = Int64GetDatum(start->id);
+	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid));
 	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
@@ -345,6 +347,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		char	   *prev_state;
 		PgbqTopicPolicy policy;
 		PgbqStartResult res;
+		PgbqClaimKey found;
 		TimestampTz now = GetCurrentTimestamp();
 		TimestampTz retry_at;
 		int			rc;
@@ -365,24 +368,28 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 		prev_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
 
-		/*
-		 * Only the first round moves the floor.  It too may have left rows
-		 * of held-back topics out, but the proposal is the first row still
-		 * claimable between the floor and this one whatever its topic, so
-		 * they stay above the floor.
-		 */
-		if (round == 0 && pgbq_cat.has_claim_floor)
-		{
-			PgbqClaimKey found;
+		found.priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc,
+													 4, &isnull));
+		found.next_run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+															  SPI_tuptable->tupdesc,
+															  5, &isnull));
+		found.id = id;
 
-			found.priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-														 SPI_tuptable->tupdesc,
-														 4, &isnull));
-			found.next_run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-																  SPI_tuptable->tupdesc,
-																  5, &isnull));
-			found.id = id;
-			pgbq_floor_propose(roleoid, &start, epoch, &found);
+		/*
+		 * The row is locked until this transaction ends, whether it starts
+		 * or is refused: list it as held, so that claims of others may move
+		 * the floor past it (claim_floor.c).  Only the first round moves
+		 * the floor.  It too may have left rows of held-back topics out,
+		 * but the proposal is the first row still claimable between the
+		 * floor and this one whatever its topic, so they stay above the
+		 * floor.
+		 */
+		if (pgbq_cat.has_claim_floor)
+		{
+			pgbq_floor_hold(pgbq_slotno, roleoid, pgbq_cat.table_oid, &found);
+			if (round == 0)
+				pgbq_floor_propose(roleoid, &start, epoch, &found);
 		}
 
 		pgbq_topic_policy(topic, &policy);
@@ -400,6 +407,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 			rc = SPI_execute_plan(pgbq_mark_running_plan, margs, NULL, false, 1);
 			if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
 				elog(ERROR, "could not mark task " INT64_FORMAT " running", id);
+			pgbq_floor_hold_started(id);
 			old = MemoryContextSwitchTo(pgbq_worker_ctx);
 			task = palloc0(sizeof(PgbqTask));
 			task->id = id;
