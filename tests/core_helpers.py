@@ -64,6 +64,32 @@ def enqueue(
     )
 
 
+def enqueue_copies(
+    node: Any, sql: str, n: int, topic: str | None = None, priority: int | None = None
+) -> list[int]:
+    """Enqueue n copies of one statement with pg_background_enqueue_many (one transaction);
+    return their ids in order."""
+    rows = query(
+        node,
+        "SELECT pg_background_enqueue_many(array_fill(%s::text, ARRAY[%s]), %s, %s) AS id",
+        (sql, n, topic, priority),
+    )
+    return [int(r["id"]) for r in rows]
+
+
+def install_signals(node: Any) -> None:
+    """A table of signals and public.wait_for(name): a task that calls it waits (at most a
+    minute) until the test inserts that signal."""
+    query(node, "CREATE TABLE signals (s text)")
+    query(
+        node,
+        "CREATE FUNCTION public.wait_for(name text) RETURNS void LANGUAGE plpgsql AS $$ "
+        "BEGIN FOR i IN 1..3000 LOOP "
+        "EXIT WHEN EXISTS (SELECT 1 FROM public.signals WHERE s = name); "
+        "PERFORM pg_sleep(0.02); END LOOP; END $$",
+    )
+
+
 def task(node: Any, task_id: int, *, dbname: str = "postgres") -> dict[str, Any]:
     """The task's row, read as superuser."""
     rows = query(node, "SELECT * FROM pg_background_tasks WHERE id = %s", (task_id,), dbname=dbname)

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from core_helpers import connect, query, scalar, task, wait_tasks
+from core_helpers import connect, install_signals, query, scalar, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 TOPICS: dict[str, dict[str, float]] = {
@@ -52,15 +52,7 @@ def node() -> Iterator[Any]:
         }
     )
     query(n, "CREATE TABLE effects (tag text, n int, xid bigint, pid int)")
-    query(n, "CREATE TABLE signals (s text)")
-    # waits (at most a minute) until the test inserts the signal
-    query(
-        n,
-        "CREATE FUNCTION public.wait_for(name text) RETURNS void LANGUAGE plpgsql AS $$ "
-        "BEGIN FOR i IN 1..3000 LOOP "
-        "EXIT WHEN EXISTS (SELECT 1 FROM public.signals WHERE s = name); "
-        "PERFORM pg_sleep(0.02); END LOOP; END $$",
-    )
+    install_signals(n)
     yield n
     destroy_node(n)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from core_helpers import enqueue, query, scalar, wait_tasks
+from core_helpers import enqueue, enqueue_copies, query, scalar, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 #: Tasks of the background stream, and how long each runs (s).
@@ -22,17 +22,23 @@ STREAM = 12
 STEP = 0.15
 
 
-@pytest.fixture(scope="module")
-def node() -> Iterator[Any]:
-    # one worker: claims happen one after another, in claim order
+def floor_node(workers: int, **conf: str) -> Iterator[Any]:
+    """A node with this many workers that stay for the whole module, and more settings."""
     n = make_node(
         extra_conf={
-            "pg_background_queue.max_parallel_running_tasks_count": 1,
+            "pg_background_queue.max_parallel_running_tasks_count": workers,
             "pg_background_queue.worker_idle_timeout": "30s",
+            **conf,
         }
     )
     yield n
     destroy_node(n)
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Any]:
+    # one worker: claims happen one after another, in claim order
+    yield from floor_node(1)
 
 
 def stream(node: Any, tag: str, priority: int = 5) -> list[int]:
@@ -154,15 +160,7 @@ def test_claims_read_a_bounded_part_of_the_claim_index_however_long_the_queue(no
     (pg_statio, flushed when the workers exit), never timed."""
     tasks = 8000
     query(node, "SELECT pg_stat_reset()")
-    ids = [
-        int(r["id"])
-        for r in query(
-            node,
-            "SELECT pg_background_enqueue_many(array_fill('SELECT 1'::text, ARRAY[%s]), "
-            "NULL, 7) AS id",
-            (tasks,),
-        )
-    ]
+    ids = enqueue_copies(node, "SELECT 1", tasks, priority=7)
     wait_tasks(node, [ids[-1]], timeout=300)
     hits = blocks_read_once_workers_exit(node, "indexes", "pg_background_tasks_claim_idx")
     per_task = int(hits) / tasks
@@ -174,15 +172,9 @@ def test_claims_read_a_bounded_part_of_the_claim_index_however_long_the_queue(no
 @pytest.fixture(scope="module")
 def batch_node() -> Iterator[Any]:
     # eight workers, each holding up to 64 claimed rows locked in its batch's transaction
-    n = make_node(
-        extra_conf={
-            "pg_background_queue.max_parallel_running_tasks_count": 8,
-            "pg_background_queue.worker_idle_timeout": "30s",
-            "pg_background_queue.topic_config": '{"batched": {"tasks_per_commit": 64}}',
-        }
+    yield from floor_node(
+        8, **{"pg_background_queue.topic_config": '{"batched": {"tasks_per_commit": 64}}'}
     )
-    yield n
-    destroy_node(n)
 
 
 def test_claims_do_not_walk_the_rows_other_batches_hold(batch_node: Any) -> None:
@@ -197,19 +189,12 @@ def test_claims_do_not_walk_the_rows_other_batches_hold(batch_node: Any) -> None
     timed."""
     tasks = 6000
     query(batch_node, "SELECT pg_stat_reset()")
-    ids = [
-        int(r["id"])
-        for r in query(
-            batch_node,
-            "SELECT pg_background_enqueue_many(array_fill('SELECT 1'::text, ARRAY[%s]), "
-            "'batched') AS id",
-            (tasks,),
-        )
-    ]
+    ids = enqueue_copies(batch_node, "SELECT 1", tasks, "batched")
     wait_tasks(batch_node, [ids[0], ids[-1]], timeout=300)
-    assert scalar(
-        batch_node, "SELECT count(*) FROM pg_background_tasks WHERE state <> 'finished'"
-    ) == 0
+    assert (
+        scalar(batch_node, "SELECT count(*) FROM pg_background_tasks WHERE state <> 'finished'")
+        == 0
+    )
     per_task = blocks_read_once_workers_exit(batch_node, "tables", "pg_background_tasks") / tasks
     print(f"{per_task:.1f} task-table heap blocks per task")
     # the enqueue, the claim, its check, the running and finished marks, the claims from the

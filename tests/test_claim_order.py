@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from core_helpers import connect, query, task, wait_tasks
+from core_helpers import connect, install_signals, query, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 
@@ -33,14 +33,7 @@ def node() -> Iterator[Any]:
         }
     )
     query(n, "CREATE TABLE seen (tag text, at serial)")
-    query(n, "CREATE TABLE signals (s text)")
-    query(
-        n,
-        "CREATE FUNCTION public.wait_for(name text) RETURNS void LANGUAGE plpgsql AS $$ "
-        "BEGIN FOR i IN 1..3000 LOOP "
-        "EXIT WHEN EXISTS (SELECT 1 FROM public.signals WHERE s = name); "
-        "PERFORM pg_sleep(0.02); END LOOP; END $$",
-    )
+    install_signals(n)
     yield n
     destroy_node(n)
 
