@@ -36,7 +36,7 @@
  *
  *	- letting go (pgbq_floor_hold): a worker lists every row its claims lock
  *	  (after the claim query returned it, so a row not listed yet holds a
- *	  proposal back) and notes which it marked running.  When its
+ *	  proposal back) and notes which it marked running or finished.  When its
  *	  transaction ends, or a subtransaction that locked or marked one rolls
  *	  back, it first takes the rows out of its list, then lowers the floor
  *	  to every one it lets go that may be claimable again: on commit the
@@ -369,8 +369,9 @@ pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
 
 /*
  * pgbq_floor_hold_started
- *		The held row id was marked running in the current subtransaction:
- *		if that commits, the row is not claimable any more.
+ *		The held row id was marked running (or, a batch's task never marked
+ *		running, finished) in the current subtransaction: if that commits,
+ *		the row is not claimable any more.
  */
 void
 pgbq_floor_hold_started(int64 id)

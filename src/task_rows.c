@@ -38,6 +38,11 @@
  *	                  (+ result, 1.3)   result when the task returned rows    'running' AND worker_pid = us;
  *	                                    (worker_bookkeeping.c)                the task's own transaction, or
  *	                                                                          its subtransaction in a batch
+ *	pending/retrying  finished          a batch's task after its first, never the claim's row lock, held
+ *	                  (+ result, 1.3)   marked running: pgbq_sql_finish_      since the claim in the batch's
+ *	                                    claimed, attempts+1 and started_at    transaction; the task's
+ *	                                    here (a failed one is marked running  subtransaction
+ *	                                    first, then takes the failure path)
  *	running           retrying/failed/  pgbq_record_attempt_failure           pgbq_sql_lock_running: FOR
  *	                  cancelled         (catalog.c): pgbq_sql_lock_running    UPDATE WHERE state =
  *	                                    + pgbq_sql_record_failure, after the  'running'; nothing if already
@@ -153,17 +158,22 @@ pgbq_sql_insert_workflow(const char *qualified_table,
  * pgbq_sql_claim
  *		Lock the first claimable task of a role ($1) due by $2, outside the
  *		topics $3, starting at the claim floor ($4, $5, $6; see
- *		claim_floor.c), a bound of the claim index scan.
+ *		claim_floor.c), a bound of the claim index scan.  Returns its id,
+ *		topic, state, claim key, SQL and whether it has a dedupe key.
  */
 char *
 pgbq_sql_claim(const PgbqCatalog *cat)
 {
-	return psprintf("SELECT id, topic, state::text, priority, next_run_at FROM %s "
+	/* a task with a dedupe key is always marked running (worker_bookkeeping.c) */
+	return psprintf("SELECT id, topic, state::text, priority, next_run_at, "
+					"sql_statement, %s FROM %s "
 					"WHERE owner = $1 AND state IN ('pending', 'retrying') "
 					"AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
 					"AND (priority, next_run_at, id) >= ($4, $5, $6) "
 					"ORDER BY priority, next_run_at, id "
-					"LIMIT 1 FOR UPDATE SKIP LOCKED", cat->qualified_table);
+					"LIMIT 1 FOR UPDATE SKIP LOCKED",
+					cat->has_workflows ? "dedupe_key IS NOT NULL" : "false",
+					cat->qualified_table);
 }
 
 /*
@@ -210,7 +220,7 @@ pgbq_sql_claim_check(const PgbqCatalog *cat)
 /*
  * pgbq_sql_mark_running
  *		Mark the claimed task ($1) running, started at $2 by worker $3,
- *		counting the attempt; returns its SQL.
+ *		counting the attempt (its SQL came with the claim).
  */
 char *
 pgbq_sql_mark_running(const PgbqCatalog *cat)
@@ -218,7 +228,7 @@ pgbq_sql_mark_running(const PgbqCatalog *cat)
 	return psprintf("UPDATE %s SET state = 'running', "
 					"attempts = attempts + 1, started_at = $2, "
 					"closed_at = NULL, worker_pid = $3 "
-					"WHERE id = $1 RETURNING sql_statement",
+					"WHERE id = $1",
 					cat->qualified_table);
 }
 
@@ -248,6 +258,25 @@ pgbq_sql_finish_result(const PgbqCatalog *cat)
 					"result_truncated = $5 "
 					"WHERE id = $1 AND state = 'running' "
 					"AND worker_pid = $3", cat->qualified_table);
+}
+
+/*
+ * pgbq_sql_finish_claimed
+ *		Mark task $1, claimed in this transaction and never marked running
+ *		(a task of a batch: its running mark would be seen by nobody),
+ *		finished at $2: count the attempt and its start ($3) here; with
+ *		result, also its result ($4) and whether it was cut ($5).  The
+ *		claim's row lock keeps it pending or retrying until then.
+ */
+char *
+pgbq_sql_finish_claimed(const PgbqCatalog *cat, bool result)
+{
+	return psprintf("UPDATE %s SET state = 'finished', "
+					"attempts = attempts + 1, started_at = $3, closed_at = $2, "
+					"worker_pid = NULL%s "
+					"WHERE id = $1 AND state IN ('pending', 'retrying')",
+					cat->qualified_table,
+					result ? ", result = $4, result_truncated = $5" : "");
 }
 
 /*

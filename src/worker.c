@@ -24,8 +24,13 @@
  * with its finished mark (or, on an error, followed by the record of its
  * failed attempt in the batch's transaction), and all of them commit
  * together.  Exactly once holds per task; a crash rolls the whole batch
- * back.  A task that ignores its interrupt in a batch has the batch's
- * first task (the only one whose claim committed) recorded on the way out.
+ * back.  The tasks after the first are claimed in the batch's transaction
+ * and never marked running (only that transaction could see the mark):
+ * their finished mark counts the attempt (pgbq_sql_finish_claimed); one
+ * that fails is marked running first and takes the failure path, one
+ * given back is left pending.  A task that ignores its interrupt in a
+ * batch has the batch's first task (the only one whose claim committed)
+ * recorded on the way out.
  *
  * A failed attempt is recorded in a new transaction (which also claims the
  * next task).  A cancel request, a timeout and a shutdown all interrupt the
@@ -591,7 +596,7 @@ pgbq_run_batch(PgbqTask *first)
 
 			/* the claimed task itself is copied to pgbq_worker_ctx */
 			MemoryContextSwitchTo(pgbq_task_ctx);
-			claimed = pgbq_batch_claim();
+			claimed = pgbq_batch_claim(first);
 			if (claimed == NULL)
 				break;
 			if ((claimed->topic == NULL) != (first->topic == NULL) ||
@@ -599,6 +604,8 @@ pgbq_run_batch(PgbqTask *first)
 				!pgbq_sql_batchable(claimed->sql))
 			{
 				/* runs after the commit, as a claim fused into it */
+				if (claimed->unmarked)
+					pgbq_batch_mark_running(claimed);
 				next = claimed;
 				break;
 			}

@@ -60,6 +60,8 @@ static SPIPlanPtr pgbq_finish_plan = NULL;
 static SPIPlanPtr pgbq_finish_result_plan = NULL;	/* NULL before 1.3 */
 static SPIPlanPtr pgbq_next_eligible_plan = NULL;
 static SPIPlanPtr pgbq_floor_check_plan = NULL;
+static SPIPlanPtr pgbq_finish_claimed_plan = NULL;
+static SPIPlanPtr pgbq_finish_claimed_result_plan = NULL;	/* NULL before 1.3 */
 
 /*
  * pgbq_prepare
@@ -95,6 +97,8 @@ pgbq_worker_plans(void)
 	INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			finish_types[5] = {INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, BOOLOID};
+	Oid			claimed_types[5] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	JSONBOID, BOOLOID};
 	Oid			next_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			check_types[5] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID,
 	INT8ARRAYOID};
@@ -104,6 +108,8 @@ pgbq_worker_plans(void)
 	SPIPlanPtr volatile finish_result = NULL;
 	SPIPlanPtr volatile next = NULL;
 	SPIPlanPtr volatile check = NULL;
+	SPIPlanPtr volatile claimed = NULL;
+	SPIPlanPtr volatile claimed_result = NULL;
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
@@ -163,10 +169,20 @@ pgbq_worker_plans(void)
 		next = pgbq_prepare(pgbq_sql_claim_next(&cat), 4, next_types);
 		/* the first row still claimable between the floor and the claimed */
 		check = pgbq_prepare(pgbq_sql_claim_check(&cat), 5, check_types);
+		/* the tasks of a batch after its first */
+		claimed = pgbq_prepare(pgbq_sql_finish_claimed(&cat, false), 3,
+							   claimed_types);
+		if (cat.has_results)
+			claimed_result = pgbq_prepare(pgbq_sql_finish_claimed(&cat, true),
+										  5, claimed_types);
 	}
 	PG_CATCH();
 	{
 		/* kept plans are not freed by the abort */
+		if (claimed_result)
+			SPI_freeplan(claimed_result);
+		if (claimed)
+			SPI_freeplan(claimed);
 		if (check)
 			SPI_freeplan(check);
 		if (next)
@@ -192,6 +208,9 @@ pgbq_worker_plans(void)
 			SPI_freeplan(pgbq_finish_result_plan);
 		SPI_freeplan(pgbq_next_eligible_plan);
 		SPI_freeplan(pgbq_floor_check_plan);
+		SPI_freeplan(pgbq_finish_claimed_plan);
+		if (pgbq_finish_claimed_result_plan)
+			SPI_freeplan(pgbq_finish_claimed_result_plan);
 	}
 	pgbq_claim_plan = claim;
 	pgbq_mark_running_plan = mark;
@@ -199,6 +218,8 @@ pgbq_worker_plans(void)
 	pgbq_finish_result_plan = finish_result;
 	pgbq_next_eligible_plan = next;
 	pgbq_floor_check_plan = check;
+	pgbq_finish_claimed_plan = claimed;
+	pgbq_finish_claimed_result_plan = claimed_result;
 	pgbq_cat = cat;
 	return true;
 }
@@ -297,6 +318,27 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 }
 
 /*
+ * pgbq_mark_running
+ *		Mark a task claimed in the current transaction running, counting
+ *		its attempt (caller is inside SPI and a privileged section).
+ */
+static void
+pgbq_mark_running(PgbqTask *task)
+{
+	Datum		args[3];
+	int			rc;
+
+	args[0] = Int64GetDatum(task->id);
+	args[1] = TimestampTzGetDatum(task->claimed_at);
+	args[2] = Int32GetDatum(MyProcPid);
+	rc = SPI_execute_plan(pgbq_mark_running_plan, args, NULL, false, 1);
+	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "could not mark task " INT64_FORMAT " running", task->id);
+	pgbq_floor_hold_started(task->id);
+	task->unmarked = false;
+}
+
+/*
  * pgbq_claim
  *		Claim the next eligible task of our role, in the current transaction
  *		(caller is inside SPI and a privileged section).  Returns NULL if
@@ -309,9 +351,12 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
  *		would make other claims skip that row).  A topic refused by
  *		pgbq_slot_try_start all the same (it filled up meanwhile) is left
  *		out of the next round.
+ *
+ *		A claim in the batch of task batch leaves a task of the batch's
+ *		topic unmarked (see below); any other task is marked running.
  */
 static PgbqTask *
-pgbq_claim(TimestampTz *wait_until, bool *blocked)
+pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 {
 	List	   *skipped;
 	List	   *held;
@@ -345,6 +390,8 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		int64		id;
 		char	   *topic = NULL;
 		char	   *prev_state;
+		char	   *sql;
+		bool		keyed;
 		PgbqTopicPolicy policy;
 		PgbqStartResult res;
 		PgbqClaimKey found;
@@ -367,6 +414,10 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 										 SPI_tuptable->tupdesc, 1, &isnull));
 		topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 		prev_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		/* read before the floor check replaces SPI_tuptable */
+		sql = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
+		keyed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 7, &isnull));
 
 		found.priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 													 SPI_tuptable->tupdesc,
@@ -397,28 +448,35 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
 		if (res == PGBQ_START_OK)
 		{
 			PgbqTask   *task;
-			Datum		margs[3];
 			MemoryContext old;
 
-			margs[0] = Int64GetDatum(id);
-			/* the start the rate limit counted, so spacing shows exactly */
-			margs[1] = TimestampTzGetDatum(now);
-			margs[2] = Int32GetDatum(MyProcPid);
-			rc = SPI_execute_plan(pgbq_mark_running_plan, margs, NULL, false, 1);
-			if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
-				elog(ERROR, "could not mark task " INT64_FORMAT " running", id);
-			pgbq_floor_hold_started(id);
 			old = MemoryContextSwitchTo(pgbq_worker_ctx);
 			task = palloc0(sizeof(PgbqTask));
 			task->id = id;
-			task->sql = SPI_getvalue(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1);
+			task->sql = pstrdup(sql);
 			task->topic = topic ? pstrdup(topic) : NULL;
 			strlcpy(task->prev_state, prev_state, sizeof(task->prev_state));
 			task->table_oid = pgbq_cat.table_oid;
 			task->capture = pgbq_cat.has_results;
 			task->result.isnull = true;
+			/* the start the rate limit counted, so spacing shows exactly */
+			task->claimed_at = now;
 			MemoryContextSwitchTo(old);
+
+			/*
+			 * In a batch, a task of the batch's topic is left pending: the
+			 * batch's transaction is the only one that could see its
+			 * running mark, and the finish counts the attempt instead (one
+			 * row version less).  Not a task with a dedupe key: a keyed
+			 * enqueue meanwhile must wait for the batch, as for a running
+			 * task, instead of taking the pending row as its duplicate.
+			 */
+			if (batch != NULL && !keyed &&
+				(topic == NULL) == (batch->topic == NULL) &&
+				(topic == NULL || strcmp(topic, batch->topic) == 0))
+				task->unmarked = true;
+			else
+				pgbq_mark_running(task);
 			return task;
 		}
 		*blocked = true;
@@ -481,7 +539,8 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked)
  *		Returns false (and no task) if the extension is gone.
  */
 static bool
-pgbq_bookkeeping_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
+pgbq_bookkeeping_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked,
+					   const PgbqTask *batch)
 {
 	Oid			save_userid;
 	int			save_sec;
@@ -498,7 +557,7 @@ pgbq_bookkeeping_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 		return false;
 	}
 	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
-	*task = pgbq_claim(wait_until, blocked);
+	*task = pgbq_claim(wait_until, blocked, batch);
 	pgbq_end_privileged(nest, save_userid, save_sec);
 	SPI_finish();
 	PopActiveSnapshot();
@@ -519,7 +578,7 @@ pgbq_standalone_claim(PgbqTask **task, TimestampTz *wait_until, bool *blocked)
 		(void) set_config_option("synchronous_commit", "off",
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
-	ok = pgbq_bookkeeping_claim(task, wait_until, blocked);
+	ok = pgbq_bookkeeping_claim(task, wait_until, blocked, NULL);
 	CommitTransactionCommand();
 	if (*task)
 		pgbq_first_claim = false;
@@ -773,9 +832,16 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[2] = Int32GetDatum(MyProcPid);
+	if (task->unmarked)
+	{
+		/* a batch's task, still pending: the finish counts the attempt */
+		plan = pgbq_finish_claimed_plan;
+		args[2] = TimestampTzGetDatum(task->claimed_at);
+	}
 	if (task->capture && !task->result.isnull && pgbq_finish_result_plan)
 	{
-		plan = pgbq_finish_result_plan;
+		plan = task->unmarked ? pgbq_finish_claimed_result_plan :
+			pgbq_finish_result_plan;
 		args[3] = task->result.value;
 		args[4] = BoolGetDatum(task->result.truncated);
 	}
@@ -785,6 +851,8 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
 						task->id)));
+	/* an unmarked task's row is no longer claimable once this commits */
+	pgbq_floor_hold_started(task->id);
 	pgbq_notify_terminal(task->id, "finished");
 
 	/*
@@ -802,7 +870,7 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 		!pgbq_slot_yielding(pgbq_slotno))
 	{
 		pgbq_slot_hand_over(pgbq_slotno);
-		next = pgbq_claim(&wait_until, &blocked);
+		next = pgbq_claim(&wait_until, &blocked, NULL);
 		if (next == NULL)
 			pgbq_release_slot_task();
 	}
@@ -852,7 +920,7 @@ pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 		PopActiveSnapshot();
 		pgbq_release_slot_task();
 		if (claim_next && !pgbq_got_sigterm && !pgbq_slot_yielding(pgbq_slotno))
-			(void) pgbq_bookkeeping_claim(&next, &wait_until, &blocked);
+			(void) pgbq_bookkeeping_claim(&next, &wait_until, &blocked, NULL);
 	}
 	CommitTransactionCommand();
 	pgbq_current_task = NULL;
@@ -883,6 +951,17 @@ pgbq_record_end_in_batch(PgbqTask *task, bool cancelled, bool shutdown,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	alive = pgbq_task_table_alive(task);
+	if (alive && task->unmarked && !shutdown)
+	{
+		Oid			save_userid;
+		int			save_sec;
+		int			pnest;
+
+		/* the failure is recorded from the running mark, attempt counted */
+		pnest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+		pgbq_mark_running(task);
+		pgbq_end_privileged(pnest, save_userid, save_sec);
+	}
 	SPI_finish();
 	if (!alive)
 		ereport(ERROR,
@@ -890,7 +969,11 @@ pgbq_record_end_in_batch(PgbqTask *task, bool cancelled, bool shutdown,
 				 errmsg("extension \"%s\" was dropped while task " INT64_FORMAT " ran",
 						PGBQ_EXTENSION_NAME, task->id)));
 	if (shutdown)
-		pgbq_give_back(task);
+	{
+		/* an unmarked task is pending already: its lock goes at the commit */
+		if (!task->unmarked)
+			pgbq_give_back(task);
+	}
 	else
 		pgbq_record_attempt_failure(&pgbq_cat, task->id, task->topic,
 									cancelled, sqlstate, message, detail);
@@ -900,11 +983,12 @@ pgbq_record_end_in_batch(PgbqTask *task, bool cancelled, bool shutdown,
 
 /*
  * pgbq_batch_claim
- *		In a batch's transaction: claim the next task, in the bookkeeping
- *		baseline.  NULL if none can start now or the extension is gone.
+ *		In the transaction of first's batch: claim the next task, in the
+ *		bookkeeping baseline; one of the batch's topic is left unmarked
+ *		(pgbq_claim).  NULL if none can start now or the extension is gone.
  */
 PgbqTask *
-pgbq_batch_claim(void)
+pgbq_batch_claim(const PgbqTask *first)
 {
 	PgbqTask   *task = NULL;
 	TimestampTz wait_until = 0;
@@ -913,9 +997,35 @@ pgbq_batch_claim(void)
 
 	nest = NewGUCNestLevel();
 	pgbq_pin_bookkeeping_settings();
-	(void) pgbq_bookkeeping_claim(&task, &wait_until, &blocked);
+	(void) pgbq_bookkeeping_claim(&task, &wait_until, &blocked, first);
 	AtEOXact_GUC(true, nest);
 	return task;
+}
+
+/*
+ * pgbq_batch_mark_running
+ *		In a batch's transaction: mark a task claimed unmarked running after
+ *		all (its SQL may not join the batch: it runs after the commit).
+ */
+void
+pgbq_batch_mark_running(PgbqTask *task)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	int			gucnest;
+
+	gucnest = NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	pgbq_mark_running(task);
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	SPI_finish();
+	PopActiveSnapshot();
+	AtEOXact_GUC(true, gucnest);
 }
 
 /*

@@ -44,6 +44,9 @@ typedef struct PgbqTask
 	Oid			table_oid;		/* the task table it was claimed from */
 	bool		capture;		/* the table has a result column */
 	PgbqResult	result;			/* what the task's statements returned */
+	bool		unmarked;		/* claimed in a batch, never marked running:
+								 * the finish counts the attempt */
+	TimestampTz claimed_at;		/* start of an unmarked task */
 } PgbqTask;
 
 /* worker.c */
@@ -88,7 +91,8 @@ extern PgbqTask *pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch);
 extern void pgbq_record_end_in_batch(PgbqTask *task, bool cancelled,
 									 bool shutdown, const char *sqlstate,
 									 const char *message, const char *detail);
-extern PgbqTask *pgbq_batch_claim(void);
+extern PgbqTask *pgbq_batch_claim(const PgbqTask *first);
+extern void pgbq_batch_mark_running(PgbqTask *task);
 extern PgbqTask *pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 								 const char *sqlstate, const char *message,
 								 const char *detail, bool claim_next);

@@ -83,7 +83,13 @@ def test_tasks_of_a_batched_topic_share_commits_exactly_once(node: Any) -> None:
     ids = enqueue_many(node, [effect("share", i) for i in range(40)], "batch")
     rows = wait_tasks(node, ids)
     assert {r["state"] for r in rows} == {"finished"}
+    # the tasks after a batch's first are never marked running: their finish counts the
+    # attempt and records the start
     assert {r["attempts"] for r in rows} == {1}
+    assert all(r["started_at"] is not None and r["started_at"] <= r["closed_at"] for r in rows), (
+        "every task records when it started, before it finished"
+    )
+    assert {r["worker_pid"] for r in rows} == {None}
     got = effects(node, "share")
     assert [r["n"] for r in got] == list(range(40)), "every effect exactly once"
     commits = len({r["xid"] for r in got})
@@ -99,6 +105,7 @@ def test_a_failing_task_fails_alone_and_the_batch_goes_on(node: Any) -> None:
     rows = {r["id"]: r for r in wait_tasks(node, ids, states=("finished", "failed", "retrying"))}
     failed = rows[ids[4]]
     assert failed["state"] == "failed"
+    assert failed["attempts"] == 1, "the failed attempt of a task never marked running counts"
     assert failed["error_history"][-1]["sqlstate"] == "22012"
     assert all(rows[t]["state"] == "finished" for t in ids if t != ids[4])
     got = effects(node, "alone")
@@ -307,3 +314,51 @@ def test_cancel_of_a_task_running_in_a_batch_interrupts_it(node: Any) -> None:
     rows = wait_tasks(node, ids, timeout=20)
     assert [r["state"] for r in rows] == ["finished", "cancelled", "finished"]
     assert [r["n"] for r in effects(node, "cancel")] == [0, 2]
+
+
+def test_a_batch_task_given_back_at_shutdown_keeps_its_attempt(node: Any) -> None:
+    """A worker told to stop in the middle of a batch gives the running task back (its effects
+    rolled back, its attempt not burned), commits the tasks before it and leaves; the task
+    runs again in another worker, and every effect happens exactly once."""
+    sleeper = (
+        "INSERT INTO public.effects VALUES ('giveback', 1, txid_current(), 0); "
+        "SELECT public.wait_for('giveback-go')"
+    )
+    ids = enqueue_many(node, [effect("giveback", 0), sleeper, effect("giveback", 2)], "big")
+    pid = poll_until(
+        lambda: scalar(
+            node,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_background_queue worker' "
+            "AND query LIKE '%wait_for(''giveback-go'')%' AND wait_event = 'PgSleep'",
+        ),
+        timeout=30,
+        message="the sleeper did not start",
+    )
+    query(node, "SELECT pg_terminate_backend(%s)", (pid,))
+    poll_until(
+        lambda: scalar(
+            node, "SELECT state = 'finished' FROM pg_background_tasks WHERE id = %s", (ids[0],)
+        ),
+        timeout=30,
+        message="the batch's first task did not commit",
+    )
+    query(node, "INSERT INTO signals VALUES ('giveback-go')")
+    rows = wait_tasks(node, ids, timeout=60)
+    assert [r["state"] for r in rows] == ["finished"] * 3
+    assert rows[1]["attempts"] == 1, "the given-back attempt was not counted"
+    assert [r["n"] for r in effects(node, "giveback")] == [0, 1, 2]
+
+
+def test_tasks_of_a_batch_keep_their_results(node: Any) -> None:
+    """Each task of a batch keeps the rows its statement returned, the first (marked running
+    before the batch) as well as the ones after it (finished without the running mark)."""
+    ids = enqueue_many(
+        node, [f"SELECT {i} AS v, 'r{i}' AS tag, txid_current() AS x" for i in range(6)], "batch"
+    )
+    rows = wait_tasks(node, ids)
+    assert [r["state"] for r in rows] == ["finished"] * 6
+    assert [[{k: v for k, v in row.items() if k != "x"} for row in r["result"]] for r in rows] == [
+        [{"v": i, "tag": f"r{i}"}] for i in range(6)
+    ]
+    assert {r["result_truncated"] for r in rows} == {False}
+    assert len({r["result"][0]["x"] for r in rows}) <= 2, "the tasks shared their commits"
