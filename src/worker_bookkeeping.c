@@ -951,23 +951,15 @@ pgbq_record_end_in_batch(PgbqTask *task, bool cancelled, bool shutdown,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	alive = pgbq_task_table_alive(task);
-	if (alive && task->unmarked && !shutdown)
-	{
-		Oid			save_userid;
-		int			save_sec;
-		int			pnest;
-
-		/* the failure is recorded from the running mark, attempt counted */
-		pnest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
-		pgbq_mark_running(task);
-		pgbq_end_privileged(pnest, save_userid, save_sec);
-	}
 	SPI_finish();
 	if (!alive)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"%s\" was dropped while task " INT64_FORMAT " ran",
 						PGBQ_EXTENSION_NAME, task->id)));
+	/* the failure is recorded from the running mark, attempt counted */
+	if (task->unmarked && !shutdown)
+		pgbq_batch_mark_running(task);
 	if (shutdown)
 	{
 		/* an unmarked task is pending already: its lock goes at the commit */
