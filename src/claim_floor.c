@@ -40,8 +40,8 @@
  *	  transaction ends, or a subtransaction that locked or marked one rolls
  *	  back, it first takes the rows out of its list, then lowers the floor
  *	  to every one it lets go that may be claimable again: on commit the
- *	  rows it never marked running (claimed and refused by a topic limit),
- *	  on rollback all of them.  Taken out first, a claim that reads the
+ *	  rows it neither marked running nor finished (claimed and refused by a
+ *	  topic limit, a batch's task given back), on rollback all of them.  Taken out first, a claim that reads the
  *	  list afterwards sees the row as claimable; a claim that read the list
  *	  before read its epoch before the lowering, which the ring then
  *	  covers.  A worker that dies rolls back through the same callback; a
@@ -97,7 +97,8 @@ typedef struct PgbqFloorHeld
 {
 	PgbqClaimKey key;
 	SubTransactionId locked_in;	/* the subtransaction that claimed it */
-	SubTransactionId started_in;	/* marked running in; Invalid: not */
+	SubTransactionId started_in;	/* marked running (or finished) in;
+									 * Invalid: not */
 } PgbqFloorHeld;
 
 static PgbqFloorPending pgbq_floor_pending[PGBQ_FLOOR_PENDING_ROLES];
@@ -419,8 +420,8 @@ pgbq_floor_held_ids(Oid dboid, Oid roleoid)
  *		Take held rows out of the slot's list, then lower the floor to those
  *		that may be claimable again (in this order: see the top of the
  *		file).  At the end of the transaction (sub is Invalid) every row
- *		goes: on commit the rows never marked running are lowered to, on
- *		rollback all of them.  When subtransaction sub rolls back, the rows
+ *		goes: on commit the rows neither marked running nor finished are
+ *		lowered to, on rollback all of them.  When subtransaction sub rolls back, the rows
  *		it locked go and are lowered to, and the running marks it made are
  *		forgotten.
  */
@@ -462,7 +463,7 @@ pgbq_floor_let_go(bool committed, SubTransactionId sub)
 	if (kept == pgbq_floor_nheld)
 		return;
 	pgbq_floor_nheld = kept;
-	pgbq_floor_publish_held(kept);
+	pgbq_floor_publish_held(0);	/* the kept ones may have moved */
 	if (lower)
 		pgbq_floor_lower(MyDatabaseId, pgbq_floor_held_role,
 						 pgbq_floor_held_table, &low);
