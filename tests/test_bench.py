@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pg_background_queue.bench import REGIMES, Sizes, parse_regimes, run
+from pg_background_queue.bench.runner import our_log_bytes
 from pg_background_queue.cli import main
 
 # the benchmark tool and the packages are the same whatever the server: once per matrix run
@@ -138,3 +139,20 @@ def test_unknown_regime_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_regimes(" sustained , held") == ["held", "sustained"]
     assert main(["bench", "--quick", "--regime", "held,nope"]) == 1
     assert "unknown regime(s) nope" in capsys.readouterr().err
+
+
+def test_log_volume_counts_only_our_processes_lines() -> None:
+    """The log-volume figure counts what the extension's processes wrote (continuation lines
+    included), not the server's own lines: a checkpoint during the run is not ours."""
+    ours = (
+        "2026-12-04 19:45:01.123 GMT [4242] pg_background_queue worker LOG:  something\n"
+        "\tDETAIL:  more of it\n"
+    )
+    theirs = (
+        "2026-12-04 19:45:02.456 GMT [77] checkpointer LOG:  checkpoint starting: wal\n"
+        "2026-12-04 19:45:03.789 GMT [78] client backend postgres@postgres ERROR:  oops\n"
+        "\tSTATEMENT:  SELECT 1/0\n"
+    )
+    maintenance = "2026-12-04 19:45:04.000 GMT [79] pg_background_queue maintenance LOG:  x\n"
+    assert our_log_bytes(theirs) == 0
+    assert our_log_bytes(ours + theirs + maintenance) == len(ours) + len(maintenance)

@@ -164,7 +164,7 @@ def summary(res: Results, sizes: Sizes) -> list[str]:
             f"{first:,}", f"{growth * 100:+.1f}% ({a:,} -> {b2:,} kB)",
             abs(growth) <= TARGETS["rss"])  # fmt: skip
     if res.log_bytes_per_task is not None:
-        row("server log bytes per task = 0", f"{res.log_bytes_per_task:.2f}",
+        row("server log bytes per task (our processes) = 0", f"{res.log_bytes_per_task:.2f}",
             res.log_bytes_per_task == 0)  # fmt: skip
     return rows
 
@@ -365,7 +365,9 @@ def sections(res: Results, sizes: Sizes) -> list[str]:
             "grows with the data it writes up to `shared_buffers` and is not the worker's own",
             "memory; the target applies to its private memory (RssAnon).",
             "",
-            f"Server log bytes per task at default settings: {res.log_bytes_per_task or 0:.2f}.",
+            "Server log bytes per task at default settings, written by the launcher, the "
+            "workers and maintenance (the server's own lines, a checkpoint say, do not count): "
+            f"{res.log_bytes_per_task or 0:.2f}.",
             "",
         ]
     if res.peers:

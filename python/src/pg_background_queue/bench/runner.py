@@ -585,8 +585,29 @@ class Bench:
                 raise RuntimeError("the worker was replaced between the two RSS samples")
             rss[target] = _rss_kb(worker_pid)
             done = target
-        per_task = (log.stat().st_size - log_start) / (second - first)
+        with log.open("rb") as f:
+            f.seek(log_start)
+            written = f.read()
+        per_task = our_log_bytes(written.decode(errors="replace")) / (second - first)
         return rss, per_task
+
+
+#: A server log line of one of our processes: the testing cluster's log_line_prefix is
+#: "%m [%p] %b ", and the backend type of every process of ours starts with the extension's name.
+OUR_LOG_LINE = re.compile(r"^\S+ \S+ \S+ \[\d+\] pg_background_queue ")
+
+
+def our_log_bytes(text: str) -> int:
+    """Bytes of the server log lines (continuation lines included) that our launcher, workers
+    and maintenance processes wrote; the server's own (checkpoints, autovacuum) do not count."""
+    total = 0
+    ours = False
+    for line in text.splitlines(keepends=True):
+        if re.match(r"^\S+ \S+ \S+ \[\d+\] ", line):
+            ours = OUR_LOG_LINE.match(line) is not None
+        if ours:
+            total += len(line.encode())
+    return total
 
 
 def _rounds_summary(workers: int, tasks: int, pairs: list[tuple[float, float]]) -> dict[str, Any]:
