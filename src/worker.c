@@ -599,8 +599,7 @@ pgbq_run_batch(PgbqTask *first)
 			claimed = pgbq_batch_claim(first);
 			if (claimed == NULL)
 				break;
-			if ((claimed->topic == NULL) != (first->topic == NULL) ||
-				(claimed->topic != NULL && strcmp(claimed->topic, first->topic) != 0) ||
+			if (!pgbq_same_topic(claimed->topic, first->topic) ||
 				!pgbq_sql_batchable(claimed->sql))
 			{
 				/* runs after the commit, as a claim fused into it */

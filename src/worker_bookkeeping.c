@@ -471,9 +471,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 			 * enqueue meanwhile must wait for the batch, as for a running
 			 * task, instead of taking the pending row as its duplicate.
 			 */
-			if (batch != NULL && !keyed &&
-				(topic == NULL) == (batch->topic == NULL) &&
-				(topic == NULL || strcmp(topic, batch->topic) == 0))
+			if (batch != NULL && !keyed && pgbq_same_topic(topic, batch->topic))
 				task->unmarked = true;
 			else
 				pgbq_mark_running(task);

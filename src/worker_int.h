@@ -49,6 +49,18 @@ typedef struct PgbqTask
 	TimestampTz claimed_at;		/* start of an unmarked task */
 } PgbqTask;
 
+/*
+ * pgbq_same_topic
+ *		Do two tasks belong to the same topic (NULL: the default topic)?
+ */
+static inline bool
+pgbq_same_topic(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
 /* worker.c */
 extern int	pgbq_slotno;
 extern bool pgbq_extension_dropped;	/* while we held a task */
