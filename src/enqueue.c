@@ -744,6 +744,13 @@ pgbq_update_own_task(const PgbqCatalog *cat, const char *set_and_where,
 	int			rc;
 	bool		isnull;
 
+	/* a task this batch ran: finished, though its row does not show it yet */
+	if (pgbq_batch_ran(id))
+	{
+		if (found_running != NULL)
+			*found_running = false;
+		return InvalidOid;
+	}
 	args[0] = Int64GetDatum(id);
 	args[1] = ObjectIdGetDatum(GetUserId());
 	nest = pgbq_begin_privileged(cat->owner, &save_userid, &save_sec);

@@ -368,6 +368,7 @@ extern void pgbq_lock_prerequisites(const PgbqCatalog *cat, int64 id,
  * ------------------------------------------------------------------- */
 
 extern void pgbq_register_launcher(void);
+extern bool pgbq_batch_ran(int64 task_id);	/* worker_bookkeeping.c */
 extern PGDLLEXPORT void pgbq_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void pgbq_worker_main(Datum main_arg);
 extern void pgbq_maintenance_run(int slotno);

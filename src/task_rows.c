@@ -40,9 +40,13 @@
  *	                                                                          its subtransaction in a batch
  *	pending/retrying  finished          a batch's task after its first, never the claim's row lock, held
  *	                  (+ result, 1.3)   marked running: pgbq_sql_finish_      since the claim in the batch's
- *	                                    claimed, attempts+1 and started_at    transaction; the task's
- *	                                    here (a failed one is marked running  subtransaction
- *	                                    first, then takes the failure path)
+ *	                                    claimed_many for all of them at the   transaction; the batch's
+ *	                                    batch's end, attempts+1 and           transaction, just before its
+ *	                                    started_at here (pgbq_sql_finish_     commit (the task's subtrans-
+ *	                                    claimed at once for a task that       action for pgbq_sql_finish_
+ *	                                    changed its own row; a failed one is  claimed)
+ *	                                    marked running first, then takes the
+ *	                                    failure path)
  *	running           retrying/failed/  pgbq_record_attempt_failure           pgbq_sql_lock_running: FOR
  *	                  cancelled         (catalog.c): pgbq_sql_lock_running    UPDATE WHERE state =
  *	                                    + pgbq_sql_record_failure, after the  'running'; nothing if already
@@ -158,18 +162,21 @@ pgbq_sql_insert_workflow(const char *qualified_table,
  * pgbq_sql_claim
  *		Lock the first claimable task of a role ($1) due by $2, outside the
  *		topics $3, starting at the claim floor ($4, $5, $6; see
- *		claim_floor.c), a bound of the claim index scan.  Returns its id,
- *		topic, state, claim key, SQL and whether it has a dedupe key.
+ *		claim_floor.c), a bound of the claim index scan, but for the tasks
+ *		$7 (those a batch ran, whose finished marks wait for its end).  Returns its id,
+ *		topic, state, claim key, SQL, whether it has a dedupe key and the
+ *		locked row version (a batch's finish checks that it is unchanged).
  */
 char *
 pgbq_sql_claim(const PgbqCatalog *cat)
 {
 	/* a task with a dedupe key is always marked running (worker_bookkeeping.c) */
 	return psprintf("SELECT id, topic, state::text, priority, next_run_at, "
-					"sql_statement, %s FROM %s "
+					"sql_statement, %s, ctid FROM %s "
 					"WHERE owner = $1 AND state IN ('pending', 'retrying') "
 					"AND next_run_at <= $2 AND COALESCE(topic, '') <> ALL ($3) "
 					"AND (priority, next_run_at, id) >= ($4, $5, $6) "
+					"AND id <> ALL ($7) "
 					"ORDER BY priority, next_run_at, id "
 					"LIMIT 1 FOR UPDATE SKIP LOCKED",
 					cat->has_workflows ? "dedupe_key IS NOT NULL" : "false",
@@ -277,6 +284,28 @@ pgbq_sql_finish_claimed(const PgbqCatalog *cat, bool result)
 					"WHERE id = $1 AND state IN ('pending', 'retrying')",
 					cat->qualified_table,
 					result ? ", result = $4, result_truncated = $5" : "");
+}
+
+/*
+ * pgbq_sql_finish_claimed_many
+ *		pgbq_sql_finish_claimed for several tasks of a batch at once, at the
+ *		batch's end ($1 ids, $2 ends, $3 starts; with result, $4 results
+ *		and $5 whether each was cut).  Whatever state a later task of the
+ *		batch gave a row (see pgbq_batch_finish_deferred).
+ */
+char *
+pgbq_sql_finish_claimed_many(const PgbqCatalog *cat, bool result)
+{
+	return psprintf("UPDATE %s t SET state = 'finished', "
+					"attempts = t.attempts + 1, started_at = u.started_at, "
+					"closed_at = u.closed_at, worker_pid = NULL%s "
+					"FROM unnest($1, $2, $3%s) "
+					"AS u(id, closed_at, started_at%s) "
+					"WHERE t.id = u.id",
+					cat->qualified_table,
+					result ? ", result = u.result, result_truncated = u.truncated" : "",
+					result ? ", $4, $5" : "",
+					result ? ", result, truncated" : "");
 }
 
 /*

@@ -32,6 +32,7 @@ extern char *pgbq_sql_mark_running(const PgbqCatalog *cat);
 extern char *pgbq_sql_finish(const PgbqCatalog *cat);
 extern char *pgbq_sql_finish_result(const PgbqCatalog *cat);
 extern char *pgbq_sql_finish_claimed(const PgbqCatalog *cat, bool result);
+extern char *pgbq_sql_finish_claimed_many(const PgbqCatalog *cat, bool result);
 extern char *pgbq_sql_give_back(const PgbqCatalog *cat, int worker_pid);
 
 /* running -> retrying, failed or cancelled: catalog.c */

@@ -227,19 +227,18 @@ pgbq_wait_check(const char *query, Datum ids, int nids, Tuplestorestate *store,
 	{
 		char	   *state = SPI_getvalue(SPI_tuptable->vals[i],
 										 SPI_tuptable->tupdesc, state_att);
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc,
+													 id_att, &isnull));
 
+		/* a task the caller's own batch ran counts as ended (row as is) */
 		if (strcmp(state, "finished") != 0 && strcmp(state, "failed") != 0 &&
-			strcmp(state, "cancelled") != 0)
+			strcmp(state, "cancelled") != 0 && !pgbq_batch_ran(id))
 		{
 			if (nopen < PGBQ_WAIT_MAX_NAMED)
-			{
-				bool		isnull;
-
 				appendStringInfo(unfinished, "%s" INT64_FORMAT, nopen ? ", " : "",
-								 DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-															 SPI_tuptable->tupdesc,
-															 id_att, &isnull)));
-			}
+								 id);
 			nopen++;
 		}
 	}

@@ -26,9 +26,13 @@
  * together.  Exactly once holds per task; a crash rolls the whole batch
  * back.  The tasks after the first are claimed in the batch's transaction
  * and never marked running (only that transaction could see the mark):
- * their finished mark counts the attempt (pgbq_sql_finish_claimed); one
- * that fails is marked running first and takes the failure path, one
- * given back is left pending.  A task that ignores its interrupt in a
+ * their finished mark counts the attempt; all of these marks are written
+ * by one statement just before the batch commits, in the batch's
+ * transaction (pgbq_batch_finish_deferred; pgbq_sql_finish_claimed in the
+ * task's subtransaction for a task that changed its own row, or whose
+ * result would not fit the batch's bound); one that fails is marked
+ * running first and takes the failure path, one given back is left
+ * pending.  A task that ignores its interrupt in a
  * batch has the batch's first task (the only one whose claim committed)
  * recorded on the way out.
  *
@@ -465,6 +469,7 @@ pgbq_run_in_subxact(PgbqTask *task, bool *shutdown)
 {
 	ResourceOwner owner = CurrentResourceOwner;
 	int			held = pgbq_held_notifications();
+	int			deferred = pgbq_batch_deferred_count();
 	ErrorData  *volatile edata = NULL;
 
 	*shutdown = false;
@@ -491,6 +496,7 @@ pgbq_run_in_subxact(PgbqTask *task, bool *shutdown)
 		RollbackAndReleaseCurrentSubTransaction();
 		CurrentResourceOwner = owner;
 		pgbq_forget_notifications_since(held);
+		pgbq_batch_forget_deferred(deferred);
 		QueryCancelPending = false;
 	}
 	PG_END_TRY();
@@ -569,6 +575,7 @@ pgbq_run_batch(PgbqTask *first)
 	batch_end = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											pgbq_current_policy.batch_max_ms);
 	pgbq_batch_first = first;
+	pgbq_batch_forget_deferred(0);
 	PG_TRY();
 	{
 		for (;;)
@@ -610,6 +617,7 @@ pgbq_run_batch(PgbqTask *first)
 			}
 			task = claimed;
 		}
+		pgbq_batch_finish_deferred(first);
 		MemoryContextSwitchTo(ctx);
 		CommitTransactionCommand();
 
@@ -633,6 +641,7 @@ pgbq_run_batch(PgbqTask *first)
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		pgbq_batch_first = NULL;
+		pgbq_batch_forget_deferred(0);
 		pgbq_forget_notifications();
 		QueryCancelPending = false;
 		if (task != first)

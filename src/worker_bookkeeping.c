@@ -11,6 +11,8 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -18,6 +20,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/bufmgr.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
@@ -26,6 +29,7 @@
 #include "utils/array.h"
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -38,6 +42,12 @@
 #include "pgbq.h"
 #include "task_rows.h"
 #include "worker_int.h"
+
+/*
+ * A batch keeps the results of its tasks for its end up to this many bytes
+ * in all; a task whose result would go over is marked finished at once.
+ */
+#define PGBQ_BATCH_DEFERRED_RESULT_BYTES	(8 * 1024 * 1024)
 
 /* Pause between attempts to record a task's end after an error. */
 #define PGBQ_BOOKKEEPING_RETRY_MS	1000
@@ -62,6 +72,40 @@ static SPIPlanPtr pgbq_next_eligible_plan = NULL;
 static SPIPlanPtr pgbq_floor_check_plan = NULL;
 static SPIPlanPtr pgbq_finish_claimed_plan = NULL;
 static SPIPlanPtr pgbq_finish_claimed_result_plan = NULL;	/* NULL before 1.3 */
+static SPIPlanPtr pgbq_finish_many_plan = NULL;
+static SPIPlanPtr pgbq_finish_many_result_plan = NULL;	/* NULL before 1.3 */
+
+/*
+ * The finished marks of a batch's unmarked tasks, written by one statement
+ * at the batch's end (pgbq_batch_finish_deferred), in the batch's
+ * transaction, so that each still commits with its task's effects.  The
+ * arrays live in TopTransactionContext (an abort frees them);
+ * pgbq_batch_ndeferred counts the entries, pgbq_batch_maxdeferred the room
+ * (0: none allocated in this transaction), pgbq_batch_deferred_bytes the
+ * size of the results they keep (bounded: see pgbq_batch_defer_finish).
+ * Their claims' row locks keep the rows as they were until then: the
+ * batch's own claims, which do not skip what their transaction locked,
+ * leave them out (pgbq_batch_deferred_ids).  Only the worker's own batch
+ * loop touches them: pgbq_run_batch forgets them when the batch begins and
+ * when it rolls back, pgbq_run_in_subxact forgets a task's entry when its
+ * subtransaction rolls back.
+ */
+typedef struct PgbqDeferredFinish
+{
+	int64		id;
+	TimestampTz started_at;
+	TimestampTz closed_at;
+	Datum		result;			/* jsonb, in TopTransactionContext */
+	bool		has_result;
+	bool		truncated;
+} PgbqDeferredFinish;
+
+static ArrayType *pgbq_batch_deferred_ids(void);
+
+static PgbqDeferredFinish *pgbq_batch_deferred = NULL;
+static int	pgbq_batch_ndeferred = 0;
+static int	pgbq_batch_maxdeferred = 0;
+static Size pgbq_batch_deferred_bytes = 0;	/* their results' size */
 
 /*
  * pgbq_prepare
@@ -93,8 +137,8 @@ pgbq_worker_plans(void)
 {
 	PgbqCatalog cat;
 	MemoryContext old;
-	Oid			claim_types[6] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID,
-	INT4OID, TIMESTAMPTZOID, INT8OID};
+	Oid			claim_types[7] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID,
+	INT4OID, TIMESTAMPTZOID, INT8OID, INT8ARRAYOID};
 	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
 	Oid			finish_types[5] = {INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, BOOLOID};
 	Oid			claimed_types[5] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
@@ -110,6 +154,10 @@ pgbq_worker_plans(void)
 	SPIPlanPtr volatile check = NULL;
 	SPIPlanPtr volatile claimed = NULL;
 	SPIPlanPtr volatile claimed_result = NULL;
+	SPIPlanPtr volatile many = NULL;
+	SPIPlanPtr volatile many_result = NULL;
+	Oid			many_types[5] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	TIMESTAMPTZARRAYOID, JSONBARRAYOID, BOOLARRAYOID};
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
@@ -157,7 +205,7 @@ pgbq_worker_plans(void)
 	 * The claim starts at the claim floor ($4, $5, $6; see claim_floor.c),
 	 * a bound of the claim index scan.
 	 */
-	claim = pgbq_prepare(pgbq_sql_claim(&cat), 6, claim_types);
+	claim = pgbq_prepare(pgbq_sql_claim(&cat), 7, claim_types);
 	PG_TRY();
 	{
 		mark = pgbq_prepare(pgbq_sql_mark_running(&cat), 3, mark_types);
@@ -175,10 +223,20 @@ pgbq_worker_plans(void)
 		if (cat.has_results)
 			claimed_result = pgbq_prepare(pgbq_sql_finish_claimed(&cat, true),
 										  5, claimed_types);
+		/* their finished marks, written together at the batch's end */
+		many = pgbq_prepare(pgbq_sql_finish_claimed_many(&cat, false), 3,
+							many_types);
+		if (cat.has_results)
+			many_result = pgbq_prepare(pgbq_sql_finish_claimed_many(&cat, true),
+									   5, many_types);
 	}
 	PG_CATCH();
 	{
 		/* kept plans are not freed by the abort */
+		if (many_result)
+			SPI_freeplan(many_result);
+		if (many)
+			SPI_freeplan(many);
 		if (claimed_result)
 			SPI_freeplan(claimed_result);
 		if (claimed)
@@ -211,6 +269,9 @@ pgbq_worker_plans(void)
 		SPI_freeplan(pgbq_finish_claimed_plan);
 		if (pgbq_finish_claimed_result_plan)
 			SPI_freeplan(pgbq_finish_claimed_result_plan);
+		SPI_freeplan(pgbq_finish_many_plan);
+		if (pgbq_finish_many_result_plan)
+			SPI_freeplan(pgbq_finish_many_result_plan);
 	}
 	pgbq_claim_plan = claim;
 	pgbq_mark_running_plan = mark;
@@ -220,6 +281,8 @@ pgbq_worker_plans(void)
 	pgbq_floor_check_plan = check;
 	pgbq_finish_claimed_plan = claimed;
 	pgbq_finish_claimed_result_plan = claimed_result;
+	pgbq_finish_many_plan = many;
+	pgbq_finish_many_result_plan = many_result;
 	pgbq_cat = cat;
 	return true;
 }
@@ -385,13 +448,14 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 
 	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
 	{
-		Datum		args[6];
+		Datum		args[7];
 		bool		isnull;
 		int64		id;
 		char	   *topic = NULL;
 		char	   *prev_state;
 		char	   *sql;
 		bool		keyed;
+		ItemPointerData tid;
 		PgbqTopicPolicy policy;
 		PgbqStartResult res;
 		PgbqClaimKey found;
@@ -405,6 +469,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 		args[3] = Int32GetDatum(start.priority);
 		args[4] = TimestampTzGetDatum(start.next_run_at);
 		args[5] = Int64GetDatum(start.id);
+		args[6] = PointerGetDatum(pgbq_batch_deferred_ids());
 		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -418,6 +483,9 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 		sql = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
 		keyed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 7, &isnull));
+		tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 8,
+												 &isnull));
 
 		found.priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 													 SPI_tuptable->tupdesc,
@@ -461,6 +529,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 			task->result.isnull = true;
 			/* the start the rate limit counted, so spacing shows exactly */
 			task->claimed_at = now;
+			task->claimed_tid = tid;
 			MemoryContextSwitchTo(old);
 
 			/*
@@ -791,6 +860,264 @@ pgbq_give_back_guarded(PgbqTask *task)
 }
 
 /*
+ * pgbq_claimed_row_unchanged
+ *		Is the row version the claim of an unmarked task locked still the
+ *		task's row, untouched since (only locked, by this transaction)?  Not
+ *		if the task's own statements updated or deleted it: its finish then
+ *		runs at once and finds what a single task's finish finds.
+ */
+static bool
+pgbq_claimed_row_unchanged(const PgbqTask *task)
+{
+	Relation	rel;
+	Buffer		buf;
+	Page		page;
+	OffsetNumber off = ItemPointerGetOffsetNumberNoCheck(&task->claimed_tid);
+	bool		unchanged = false;
+
+	if (!ItemPointerIsValid(&task->claimed_tid))
+		return false;
+	rel = table_open(task->table_oid, AccessShareLock);
+	buf = ReadBuffer(rel, ItemPointerGetBlockNumber(&task->claimed_tid));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	if (off >= FirstOffsetNumber && off <= PageGetMaxOffsetNumber(page))
+	{
+		ItemId		lp = PageGetItemId(page, off);
+
+		if (ItemIdIsNormal(lp))
+		{
+			HeapTupleHeader htup = (HeapTupleHeader) PageGetItem(page, lp);
+
+			/* our claim's lock, and nothing after it */
+			unchanged = !(htup->t_infomask & HEAP_XMAX_INVALID) &&
+				HEAP_XMAX_IS_LOCKED_ONLY(htup->t_infomask) &&
+				!(htup->t_infomask & HEAP_XMAX_IS_MULTI) &&
+				TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmax(htup));
+		}
+	}
+	UnlockReleaseBuffer(buf);
+	table_close(rel, AccessShareLock);
+	return unchanged;
+}
+
+/*
+ * pgbq_batch_defer_finish
+ *		Keep the finished mark of a batch's unmarked task for the batch's
+ *		end (see pgbq_batch_deferred): it ended now, started when claimed.
+ *		Returns false, keeping nothing, if the mark must be written now: the
+ *		task's statements changed its row, or its result would take the
+ *		results kept over PGBQ_BATCH_DEFERRED_RESULT_BYTES.
+ */
+static bool
+pgbq_batch_defer_finish(const PgbqTask *task)
+{
+	MemoryContext old;
+	PgbqDeferredFinish *entry;
+	bool		has_result = task->capture && !task->result.isnull;
+	Size		result_bytes = 0;
+
+	if (has_result)
+	{
+		result_bytes = VARSIZE_ANY(DatumGetPointer(task->result.value));
+		if (pgbq_batch_deferred_bytes + result_bytes > PGBQ_BATCH_DEFERRED_RESULT_BYTES)
+			return false;
+	}
+	if (!pgbq_claimed_row_unchanged(task))
+		return false;
+
+	old = MemoryContextSwitchTo(TopTransactionContext);
+
+	if (pgbq_batch_ndeferred >= pgbq_batch_maxdeferred)
+	{
+		int			room = Max(64, pgbq_batch_maxdeferred * 2);
+
+		if (pgbq_batch_maxdeferred == 0)
+			pgbq_batch_deferred = palloc(room * sizeof(PgbqDeferredFinish));
+		else
+			pgbq_batch_deferred = repalloc(pgbq_batch_deferred,
+										   room * sizeof(PgbqDeferredFinish));
+		pgbq_batch_maxdeferred = room;
+	}
+	entry = &pgbq_batch_deferred[pgbq_batch_ndeferred];
+	entry->id = task->id;
+	entry->started_at = task->claimed_at;
+	entry->closed_at = GetCurrentTimestamp();
+	entry->has_result = has_result;
+	entry->result = has_result ?
+		datumCopy(task->result.value, false, -1) : (Datum) 0;
+	entry->truncated = has_result && task->result.truncated;
+	pgbq_batch_ndeferred++;
+	pgbq_batch_deferred_bytes += result_bytes;
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
+ * pgbq_batch_deferred_ids
+ *		The tasks whose finished marks the batch keeps, as an int8[] (empty
+ *		outside a batch): their rows still look claimable to the batch's own
+ *		transaction (its claims skip no row it locked itself), so its
+ *		claims leave them out.
+ */
+static ArrayType *
+pgbq_batch_deferred_ids(void)
+{
+	Datum	   *ids = palloc(Max(1, pgbq_batch_ndeferred) * sizeof(Datum));
+	int			i;
+
+	for (i = 0; i < pgbq_batch_ndeferred; i++)
+		ids[i] = Int64GetDatum(pgbq_batch_deferred[i].id);
+	return construct_array(ids, pgbq_batch_ndeferred, INT8OID, 8,
+						   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+}
+
+/*
+ * pgbq_batch_ran
+ *		Did a task of the batch this backend is running (none, outside a
+ *		task worker) run task_id, whose finished mark waits for the batch's
+ *		end?  Its row still looks pending to the batch's transaction: the
+ *		extension's functions take it as finished (pg_background_cancel,
+ *		_retry and _reschedule leave it alone, pg_background_wait returns
+ *		it at once).
+ */
+bool
+pgbq_batch_ran(int64 task_id)
+{
+	int			i;
+
+	for (i = 0; i < pgbq_batch_ndeferred; i++)
+		if (pgbq_batch_deferred[i].id == task_id)
+			return true;
+	return false;
+}
+
+/*
+ * pgbq_batch_deferred_count
+ *		How many finished marks the batch keeps for its end.
+ */
+int
+pgbq_batch_deferred_count(void)
+{
+	return pgbq_batch_ndeferred;
+}
+
+/*
+ * pgbq_batch_forget_deferred
+ *		Keep only the first keep finished marks (the rest belonged to a
+ *		subtransaction that rolled back); 0 forgets them all, as when the
+ *		batch begins or rolls back (their memory went with the transaction).
+ */
+void
+pgbq_batch_forget_deferred(int keep)
+{
+	int			i;
+
+	Assert(keep >= 0 && keep <= pgbq_batch_ndeferred);
+	for (i = keep; i < pgbq_batch_ndeferred; i++)
+		if (pgbq_batch_deferred[i].has_result)
+			pgbq_batch_deferred_bytes -=
+				VARSIZE_ANY(DatumGetPointer(pgbq_batch_deferred[i].result));
+	pgbq_batch_ndeferred = keep;
+	if (keep == 0)
+	{
+		pgbq_batch_deferred = NULL;
+		pgbq_batch_maxdeferred = 0;
+		pgbq_batch_deferred_bytes = 0;
+	}
+}
+
+/*
+ * pgbq_batch_finish_deferred
+ *		Just before the batch of first commits: write the finished marks
+ *		kept for its end, in one statement, in the bookkeeping baseline.  A row a later
+ *		task of the batch changed (say, cancelled) is marked finished all
+ *		the same: the task ran, and its effects commit now; one a later task
+ *		deleted stays deleted.
+ */
+void
+pgbq_batch_finish_deferred(PgbqTask *first)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+	int			gucnest;
+	int			n = pgbq_batch_ndeferred;
+	Datum	   *ids;
+	Datum	   *ends;
+	Datum	   *starts;
+	Datum	   *results;
+	bool	   *result_nulls;
+	Datum	   *cuts;
+	Datum		args[5];
+	int			dims[1];
+	int			lbs[1] = {1};
+	bool		any_result = false;
+	SPIPlanPtr	plan;
+	int			rc;
+	int			i;
+
+	if (n == 0)
+		return;
+	ids = palloc(n * sizeof(Datum));
+	ends = palloc(n * sizeof(Datum));
+	starts = palloc(n * sizeof(Datum));
+	results = palloc(n * sizeof(Datum));
+	result_nulls = palloc(n * sizeof(bool));
+	cuts = palloc(n * sizeof(Datum));
+	for (i = 0; i < n; i++)
+	{
+		PgbqDeferredFinish *entry = &pgbq_batch_deferred[i];
+
+		ids[i] = Int64GetDatum(entry->id);
+		ends[i] = TimestampTzGetDatum(entry->closed_at);
+		starts[i] = TimestampTzGetDatum(entry->started_at);
+		results[i] = entry->result;
+		result_nulls[i] = !entry->has_result;
+		cuts[i] = BoolGetDatum(entry->truncated);
+		any_result |= entry->has_result;
+	}
+	dims[0] = n;
+	args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(ends, n, TIMESTAMPTZOID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[2] = PointerGetDatum(construct_array(starts, n, TIMESTAMPTZOID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	plan = pgbq_finish_many_plan;
+	if (any_result && pgbq_finish_many_result_plan)
+	{
+		plan = pgbq_finish_many_result_plan;
+		args[3] = PointerGetDatum(construct_md_array(results, result_nulls, 1,
+													 dims, lbs, JSONBOID, -1,
+													 false, TYPALIGN_INT));
+		args[4] = PointerGetDatum(construct_array(cuts, n, BOOLOID, 1, true,
+												  TYPALIGN_CHAR));
+	}
+
+	gucnest = NewGUCNestLevel();
+	pgbq_pin_bookkeeping_settings();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!pgbq_task_table_alive(first))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"%s\" was dropped while a batch ran",
+						PGBQ_EXTENSION_NAME)));
+	nest = pgbq_begin_privileged(pgbq_cat.owner, &save_userid, &save_sec);
+	rc = SPI_execute_plan(plan, args, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "could not mark the tasks of a batch finished: %s",
+			 SPI_result_code_string(rc));
+	pgbq_end_privileged(nest, save_userid, save_sec);
+	SPI_finish();
+	PopActiveSnapshot();
+	AtEOXact_GUC(true, gucnest);
+	pgbq_batch_forget_deferred(0);
+}
+
+/*
  * pgbq_finish_and_claim_next
  *		In the task's transaction: mark it finished, release the slot and
  *		claim the next task (returned, or NULL).  A task of a batch
@@ -843,12 +1170,15 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 		args[3] = task->result.value;
 		args[4] = BoolGetDatum(task->result.truncated);
 	}
-	rc = SPI_execute_plan(plan, args, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
-						task->id)));
+	if (!in_batch || !task->unmarked || !pgbq_batch_defer_finish(task))
+	{
+		rc = SPI_execute_plan(plan, args, NULL, false, 0);
+		if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("task " INT64_FORMAT " is no longer running; its effects are rolled back",
+							task->id)));
+	}
 	/* an unmarked task's row is no longer claimable once this commits */
 	pgbq_floor_hold_started(task->id);
 	pgbq_notify_terminal(task->id, "finished");

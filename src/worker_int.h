@@ -14,6 +14,7 @@
 
 #include <signal.h>
 
+#include "storage/itemptr.h"
 #include "utils/timeout.h"
 
 #include "pgbq.h"
@@ -47,6 +48,7 @@ typedef struct PgbqTask
 	bool		unmarked;		/* claimed in a batch, never marked running:
 								 * the finish counts the attempt */
 	TimestampTz claimed_at;		/* start of an unmarked task */
+	ItemPointerData claimed_tid;	/* the row version its claim locked */
 } PgbqTask;
 
 /*
@@ -105,6 +107,9 @@ extern void pgbq_record_end_in_batch(PgbqTask *task, bool cancelled,
 									 const char *message, const char *detail);
 extern PgbqTask *pgbq_batch_claim(const PgbqTask *first);
 extern void pgbq_batch_mark_running(PgbqTask *task);
+extern int	pgbq_batch_deferred_count(void);
+extern void pgbq_batch_forget_deferred(int keep);
+extern void pgbq_batch_finish_deferred(PgbqTask *first);
 extern PgbqTask *pgbq_record_end(PgbqTask *task, bool cancelled, bool shutdown,
 								 const char *sqlstate, const char *message,
 								 const char *detail, bool claim_next);

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -362,3 +363,68 @@ def test_tasks_of_a_batch_keep_their_results(node: Any) -> None:
     ]
     assert {r["result_truncated"] for r in rows} == {False}
     assert len({r["result"][0]["x"] for r in rows}) <= 2, "the tasks shared their commits"
+
+
+def test_a_batch_writes_the_finished_marks_of_its_tasks_at_its_end(node: Any) -> None:
+    """The tasks after a batch's first are marked finished by one statement in the batch's own
+    transaction just before it commits (not one statement per task, in each task's
+    subtransaction): their row versions carry the batch's top-level transaction id, the one
+    each task stored with its effect."""
+    ids = enqueue_many(node, [effect("atend", i) for i in range(40)], "batch")
+    rows = wait_tasks(node, ids)
+    assert [r["state"] for r in rows] == ["finished"] * 40
+    assert [r["n"] for r in effects(node, "atend")] == list(range(40)), "every effect once"
+    marks = query(
+        node,
+        "SELECT t.id, t.xmin::text::bigint = mod(e.xid, 4294967296) AS by_batch, t.attempts "
+        "FROM pg_background_tasks t JOIN effects e ON e.tag = 'atend' "
+        "AND t.sql_statement = format('INSERT INTO public.effects VALUES (''atend'', %%s, "
+        "txid_current(), pg_backend_pid())', e.n) WHERE t.id = ANY(%s) ORDER BY t.id",
+        (ids,),
+    )
+    assert len(marks) == 40
+    assert {m["attempts"] for m in marks} == {1}
+    batches = len({r["xid"] for r in effects(node, "atend")})
+    by_batch = sum(m["by_batch"] for m in marks)
+    # each batch's first task was marked running before the batch began: its finished mark
+    # stays in its subtransaction; every other task's is the batch's
+    assert by_batch == 40 - batches, f"{by_batch} of 40 marks written by the batch ({batches})"
+
+
+def test_later_tasks_of_a_batch_take_the_earlier_ones_as_finished(node: Any) -> None:
+    """A later task of the same batch acts on an earlier one that ran (its row waits for the
+    batch's finished mark, written at the batch's end, and still looks pending): cancelling
+    it does nothing and returns false, waiting for it returns at once, and the earlier task
+    ends finished, its effect exactly once.  The later tasks act only once the earlier one's
+    effect is there; the scenario is repeated until all of them ran in one batch (another
+    worker's claim refused by the topic's limit may lock a task for a moment, and the batch
+    then runs a later one first)."""
+    for attempt in range(8):
+        tag = f"later{attempt}"
+        ran = f"FROM public.effects WHERE tag = '{tag}' AND n = 1"
+        with connect(node, autocommit=False) as conn:
+
+            def enqueue(sql: str) -> int:
+                row = conn.execute("SELECT pg_background_enqueue(%s, 'batch') AS id", (sql,))
+                return int(row.fetchone()["id"])
+
+            first = enqueue(effect(tag, 0))
+            victim = enqueue(effect(tag, 1))
+            canceller = enqueue(
+                f"WITH e AS ({effect(tag, 2)}) SELECT pg_background_cancel({victim}) AS c {ran}"
+            )
+            waiter = enqueue(
+                f"WITH e AS ({effect(tag, 3)}) SELECT w.id FROM (SELECT 1 {ran}) r, "
+                f"pg_background_wait(ARRAY[{victim}::bigint], interval '20 s') w"
+            )
+        rows = wait_tasks(node, [first, victim, canceller, waiter], timeout=60)
+        assert [r["state"] for r in rows] == ["finished"] * 4, rows
+        assert {r["attempts"] for r in rows} == {1}
+        got = effects(node, tag)
+        assert [r["n"] for r in got] == [0, 1, 2, 3], "every effect exactly once"
+        if len({r["xid"] for r in got[1:]}) == 1:
+            assert rows[2]["result"] == [{"c": False}], "the victim had run: nothing to cancel"
+            assert rows[3]["result"] == [{"id": victim}], "the wait returned at once"
+            assert rows[3]["closed_at"] - rows[3]["started_at"] < timedelta(seconds=10)
+            return
+    pytest.fail("the earlier task and the later ones never ran in one batch")
