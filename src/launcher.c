@@ -695,6 +695,54 @@ pgbq_schedule_task_workers(TimestampTz now)
 }
 
 /*
+ * pgbq_demand_after_raise
+ *		max_parallel_running_tasks_count was raised by a reload.  Announced
+ *		work is counted up to the limit of its time (pgbq_announce_work), and
+ *		the launcher took all of it to start the workers it could, so a pair
+ *		whose workers are all busy may have more work queued than it has
+ *		workers, and nobody would say so until the queue drains.  Ask for up
+ *		to the new limit for each such pair; a worker started for nothing
+ *		finds no task and settles the demand (pgbq_settle_demand).
+ */
+static void
+pgbq_demand_after_raise(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
+	{
+		PgbqDemand *d = &pgbq_shared->demands[i];
+		int			busy = 0;
+		int			other = 0;
+		int			j;
+
+		if (!d->in_use)
+			continue;
+		for (j = 0; j < pgbq_shared->nslots; j++)
+		{
+			PgbqSlot   *s = &pgbq_shared->slots[j];
+
+			if (s->state == PGBQ_SLOT_FREE || s->kind != PGBQ_KIND_TASK ||
+				s->dboid != d->dboid || s->roleoid != d->roleoid ||
+				s->exit_reasons != 0)
+				continue;
+			if (s->state == PGBQ_SLOT_RUNNING)
+				busy++;
+			else
+				other++;		/* idle, or starting for work of its own */
+		}
+		if (busy == 0 || other > 0 || busy >= pgbq_max_parallel)
+			continue;
+		if (d->want == 0 && d->waiting_since == 0)
+			d->waiting_since = now;
+		d->want = Max(d->want, pgbq_max_parallel - busy);
+	}
+	LWLockRelease(pgbq_shared->lock);
+}
+
+/*
  * pgbq_launcher_main
  *		Entry point of the launcher.
  */
@@ -731,8 +779,12 @@ pgbq_launcher_main(Datum main_arg)
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
+			int			old_limit = pgbq_max_parallel;
+
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (pgbq_max_parallel > old_limit)
+				pgbq_demand_after_raise();
 		}
 
 		now = GetCurrentTimestamp();

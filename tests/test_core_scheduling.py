@@ -269,6 +269,47 @@ def test_eviction_never_strands_a_role_under_the_cap() -> None:
         destroy_node(n)
 
 
+def test_raising_the_worker_limit_by_reload_starts_workers_for_queued_work() -> None:
+    """max_parallel_running_tasks_count raised by reload while every worker is busy and more
+    work is queued: the launcher starts workers up to the new limit at once. Regression: the
+    work announced at enqueue was counted up to the old limit, so no worker was added until
+    the queue drained, and throughput after 4 -> 8 stayed that of 4 workers (issue 15,
+    `pgbq bench --regime reload`)."""
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": 2,
+            "pg_background_queue.worker_idle_timeout": "600s",
+        }
+    )
+    try:
+        make_role(n, "grow")
+        ids = [
+            int(r["id"])
+            for r in query(
+                n,
+                "SELECT pg_background_enqueue_many(array_fill('SELECT pg_sleep(0.05)'::text, "
+                "ARRAY[400])) AS id",
+                user="grow",
+            )
+        ]
+        poll_until(lambda: len(worker_pids(n)) == 2, timeout=30, message="2 workers busy")
+        set_config(n, max_parallel_running_tasks_count=4)
+        poll_until(
+            lambda: len(worker_pids(n)) == 4,
+            timeout=30,
+            message="no worker was added for the queued work after the limit was raised",
+        )
+        pending = scalar(
+            n, "SELECT count(*) FROM pg_background_tasks WHERE state IN ('pending', 'retrying')"
+        )
+        assert pending > 0, "the workers must come while work is still queued, not after"
+        rows = wait_tasks(n, ids, timeout=120)
+        assert {r["state"] for r in rows} == {"finished"}
+        assert {r["attempts"] for r in rows} == {1}
+    finally:
+        destroy_node(n)
+
+
 def test_lowering_the_worker_limit_by_reload_retires_the_surplus_workers() -> None:
     """max_parallel_running_tasks_count lowered by reload while the queue is busy: the workers
     above the new limit leave at their next claim instead of being woken by every finish to
