@@ -35,12 +35,13 @@ TASK_SQL = "INSERT INTO public.bench_sink (at) VALUES (clock_timestamp())"
 CEILING_SCRIPT = (
     "\\set id random(1, 10000)\nUPDATE public.bench_ceiling SET n = n + 1 WHERE id = :id;\n"
 )
-#: The worker's claim (pgbq_sql_claim, src/task_rows.c), from the claim floor ($4, $5, $6).
+#: The worker's claim (pgbq_sql_claim, src/task_rows.c), from the claim floor ($4, $5, $6),
+#: but for the tasks a batch ran ($7).
 CLAIM_SQL = (
     "SELECT id, topic, state::text, priority, next_run_at FROM public.pg_background_tasks "
     "WHERE owner = $1 AND state IN ('pending', 'retrying') AND next_run_at <= $2 "
     "AND COALESCE(topic, '') <> ALL ($3) AND (priority, next_run_at, id) >= ($4, $5, $6) "
-    "ORDER BY priority, next_run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    "AND id <> ALL ($7) ORDER BY priority, next_run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
 BENCH_CONF: dict[str, ConfValue] = {
     "fsync": "on",
@@ -366,13 +367,13 @@ class Bench:
         with self.conn.transaction():
             self.conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             self.conn.execute(
-                "PREPARE pgbq_claim(oid, timestamptz, text[], int4, timestamptz, int8) "
+                "PREPARE pgbq_claim(oid, timestamptz, text[], int4, timestamptz, int8, int8[]) "
                 f"AS {CLAIM_SQL}"
             )
             # from the front (no floor): the claim's longest walk
             rows = self.conn.execute(
                 "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE pgbq_claim("
-                "'postgres'::regrole, now(), '{}', -1, '-infinity', 0)"
+                "'postgres'::regrole, now(), '{}', -1, '-infinity', 0, '{}')"
             ).fetchall()
             self.conn.execute("DEALLOCATE pgbq_claim")
         return "\n".join(r[0] for r in rows)
