@@ -269,6 +269,19 @@ def test_eviction_never_strands_a_role_under_the_cap() -> None:
         destroy_node(n)
 
 
+def enqueue_sleepers(node: Any, role: str, count: int, seconds: float) -> list[int]:
+    """Enqueue ``count`` tasks sleeping ``seconds`` each as ``role``, in one call."""
+    return [
+        int(r["id"])
+        for r in query(
+            node,
+            "SELECT pg_background_enqueue_many(array_fill(%s::text, ARRAY[%s])) AS id",
+            (f"SELECT pg_sleep({seconds})", count),
+            user=role,
+        )
+    ]
+
+
 def test_raising_the_worker_limit_by_reload_starts_workers_for_queued_work() -> None:
     """max_parallel_running_tasks_count raised by reload while every worker is busy and more
     work is queued: the launcher starts workers up to the new limit at once. Regression: the
@@ -283,15 +296,7 @@ def test_raising_the_worker_limit_by_reload_starts_workers_for_queued_work() -> 
     )
     try:
         make_role(n, "grow")
-        ids = [
-            int(r["id"])
-            for r in query(
-                n,
-                "SELECT pg_background_enqueue_many(array_fill('SELECT pg_sleep(0.05)'::text, "
-                "ARRAY[400])) AS id",
-                user="grow",
-            )
-        ]
+        ids = enqueue_sleepers(n, "grow", 400, 0.05)
         poll_until(lambda: len(worker_pids(n)) == 2, timeout=30, message="2 workers busy")
         set_config(n, max_parallel_running_tasks_count=4)
         poll_until(
@@ -325,15 +330,7 @@ def test_lowering_the_worker_limit_by_reload_retires_the_surplus_workers() -> No
     try:
         make_role(n, "shrink")
         ids = [enqueue(n, "SELECT pg_sleep(0.02)", user="shrink") for _ in range(10)]
-        ids += [
-            int(r["id"])
-            for r in query(
-                n,
-                "SELECT pg_background_enqueue_many(array_fill('SELECT pg_sleep(0.02)'::text, "
-                "ARRAY[600])) AS id",
-                user="shrink",
-            )
-        ]
+        ids += enqueue_sleepers(n, "shrink", 600, 0.02)
         poll_until(lambda: len(worker_pids(n)) == 4, timeout=30, message="4 workers busy")
         set_config(n, max_parallel_running_tasks_count=2)
         poll_until(
