@@ -428,6 +428,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 	Oid			roleoid = pgbq_shared->slots[pgbq_slotno].roleoid;
 	PgbqClaimKey start;
 	uint64		epoch = 0;
+	Datum		ran;
 
 	*wait_until = 0;
 	*blocked = false;
@@ -445,6 +446,9 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 						&epoch);
 	else
 		pgbq_claim_key_lowest(&start);
+
+	/* the same for every round: no task of the batch ends in between */
+	ran = PointerGetDatum(pgbq_batch_deferred_ids());
 
 	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
 	{
@@ -469,7 +473,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 		args[3] = Int32GetDatum(start.priority);
 		args[4] = TimestampTzGetDatum(start.next_run_at);
 		args[5] = Int64GetDatum(start.id);
-		args[6] = PointerGetDatum(pgbq_batch_deferred_ids());
+		args[6] = ran;
 		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -1030,10 +1034,10 @@ pgbq_batch_forget_deferred(int keep)
 /*
  * pgbq_batch_finish_deferred
  *		Just before the batch of first commits: write the finished marks
- *		kept for its end, in one statement, in the bookkeeping baseline.  A row a later
- *		task of the batch changed (say, cancelled) is marked finished all
- *		the same: the task ran, and its effects commit now; one a later task
- *		deleted stays deleted.
+ *		kept for its end, in one statement, in the bookkeeping baseline.  A
+ *		row a later task of the batch changed (say, cancelled) is marked
+ *		finished all the same: the task ran, and its effects commit now; one
+ *		a later task deleted stays deleted.
  */
 void
 pgbq_batch_finish_deferred(PgbqTask *first)
