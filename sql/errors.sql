@@ -40,6 +40,25 @@ SET pg_background_queue.strict_topics = on;
 SELECT pg_temp.try($q$SELECT pg_background_enqueue('SELECT 1', 'unconfigured')$q$);
 RESET pg_background_queue.strict_topics;
 
+-- the table's own checks (domains from 1.4) hold for writes that bypass the
+-- functions: an administrator's INSERT or UPDATE
+SELECT pg_temp.try($q$INSERT INTO pg_background_tasks (sql_statement, owner, priority) VALUES ('', current_user::regrole, 0)$q$);
+SELECT pg_temp.try($q$INSERT INTO pg_background_tasks (sql_statement, owner, priority) VALUES ('SELECT 1', current_user::regrole, -1)$q$);
+SELECT pg_temp.try($q$INSERT INTO pg_background_tasks (sql_statement, owner, priority, attempts) VALUES ('SELECT 1', current_user::regrole, 0, -1)$q$);
+SELECT pg_temp.try($q$INSERT INTO pg_background_tasks (sql_statement, owner, priority, retry_count) VALUES ('SELECT 1', current_user::regrole, 0, -1)$q$);
+SELECT pg_temp.try($q$INSERT INTO pg_background_tasks (sql_statement, owner, priority, dedupe_key) VALUES ('SELECT 1', current_user::regrole, 0, '')$q$);
+SELECT pg_temp.try($q$UPDATE pg_background_tasks SET priority = -1$q$);
+SELECT pg_temp.try($q$UPDATE pg_background_tasks SET attempts = attempts - 100$q$);
+-- and the checks are no longer per-statement table constraints or trigger WHEN
+-- clauses, which PostgreSQL reads and plans again for every statement the
+-- workers run (1.4)
+SELECT count(*) AS table_checks FROM pg_constraint
+ WHERE conrelid = 'pg_background_tasks'::regclass AND contype = 'c';
+SELECT count(*) AS triggers_with_when FROM pg_trigger
+ WHERE tgrelid = 'pg_background_tasks'::regclass AND tgqual IS NOT NULL;
+SELECT pg_get_triggerdef(oid) AS trigger FROM pg_trigger
+ WHERE tgrelid = 'pg_background_tasks'::regclass AND NOT tgisinternal ORDER BY tgname;
+
 -- nothing was written by any of the above
 SELECT count(*) - :before AS written FROM pg_background_tasks;
 

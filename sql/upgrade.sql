@@ -37,7 +37,12 @@ LANGUAGE sql AS $$
 				c.relrowsecurity::text
 			 WHEN 'pg_type'::regclass THEN
 				coalesce((SELECT string_agg(enumlabel::text, ',' ORDER BY enumsortorder)
-							FROM pg_enum WHERE enumtypid = d.objid), '')
+							FROM pg_enum WHERE enumtypid = d.objid), '') ||
+				-- a domain: its base type, NOT NULL and checks
+				coalesce((SELECT format_type(ty.typbasetype, ty.typtypmod) || ' ' || ty.typnotnull ||
+								 coalesce(' ' || (SELECT string_agg(conname || ' ' || pg_get_constraintdef(k.oid), '; ' ORDER BY 1)
+													FROM pg_constraint k WHERE k.contypid = ty.oid), '')
+							FROM pg_type ty WHERE ty.oid = d.objid AND ty.typtype = 'd'), '')
 			 ELSE ''
 		   END
 	  FROM pg_depend d

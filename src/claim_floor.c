@@ -19,9 +19,11 @@
  *
  *	- lowering: a row becomes claimable (INSERT, or an UPDATE to pending or
  *	  retrying: retries, give-backs, released dependents, reschedules, an
- *	  administrator's UPDATE) only through the table's claimable trigger,
- *	  which notes the row's key; once the transaction has committed, the
- *	  floor is lowered to it (never raised) and the floor's epoch bumped.
+ *	  administrator's UPDATE) only through the table's triggers, which note
+ *	  the row's key (pg_background_queue_claimable BEFORE INSERT, and BEFORE
+ *	  UPDATE in 1.3; pg_background_queue_task_changed AFTER UPDATE from 1.4);
+ *	  once the transaction has committed, the floor is lowered to it (never
+ *	  raised) and the floor's epoch bumped.
  *
  *	- advancing: a worker reads the floor and its epoch BEFORE the claim
  *	  query takes its snapshot, claims the first eligible row R from there,
@@ -64,6 +66,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -73,11 +76,30 @@
 #include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "pgbq.h"
 
 PG_FUNCTION_INFO_V1(pg_background_queue_claimable);
+PG_FUNCTION_INFO_V1(pg_background_queue_task_changed);
+
+/* The task states the triggers tell apart (pgbq_floor_row_state). */
+#define PGBQ_STATE_PENDING		0
+#define PGBQ_STATE_RETRYING		1
+#define PGBQ_STATE_FINISHED		2
+#define PGBQ_STATE_FAILED		3
+#define PGBQ_STATE_CANCELLED	4
+#define PGBQ_STATE_LABELS		5
+
+/* Their OIDs in the enum type typid, looked up once per type. */
+typedef struct PgbqStateOids
+{
+	Oid			typid;
+	Oid			label[PGBQ_STATE_LABELS];
+} PgbqStateOids;
+
+static PgbqStateOids pgbq_state_oids = {InvalidOid};
 
 /* A claim from the front of the index at least this often per role. */
 #define PGBQ_FLOOR_FRONT_SCAN_MS	1000
@@ -573,22 +595,110 @@ pgbq_floor_note(Oid roleoid, Oid table_oid, const PgbqClaimKey *key)
 }
 
 /*
+ * pgbq_floor_state_oids_load
+ *		Look up the OIDs of the task state labels of enum type typid (cached
+ *		until the type changes: a new extension, a new type).  A label the
+ *		type lacks stays InvalidOid.
+ */
+static void
+pgbq_floor_state_oids_load(Oid typid)
+{
+	static const char *const labels[PGBQ_STATE_LABELS] = {
+		"pending", "retrying", "finished", "failed", "cancelled"
+	};
+	int			i;
+
+	if (pgbq_state_oids.typid == typid)
+		return;
+	for (i = 0; i < PGBQ_STATE_LABELS; i++)
+		pgbq_state_oids.label[i] = GetSysCacheOid2(ENUMTYPOIDNAME,
+												   Anum_pg_enum_oid,
+												   ObjectIdGetDatum(typid),
+												   CStringGetDatum(labels[i]));
+	pgbq_state_oids.typid = typid;
+}
+
+/*
+ * pgbq_floor_row_state
+ *		The state of a row of the task table, as an index into the labels
+ *		of pgbq_floor_state_oids_load, or -1 for any other state.
+ */
+static int
+pgbq_floor_row_state(Relation rel, HeapTuple tuple)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	AttrNumber	attnum = pgbq_floor_attnum(rel, "state");
+	Datum		d;
+	bool		isnull;
+	int			i;
+
+	d = heap_getattr(tuple, attnum, tupdesc, &isnull);
+	if (isnull)
+		return -1;
+	pgbq_floor_state_oids_load(TupleDescAttr(tupdesc, attnum - 1)->atttypid);
+	for (i = 0; i < PGBQ_STATE_LABELS; i++)
+		if (OidIsValid(pgbq_state_oids.label[i]) &&
+			pgbq_state_oids.label[i] == DatumGetObjectId(d))
+			return i;
+	return -1;
+}
+
+/*
+ * pgbq_floor_note_row
+ *		Note the key of a row of the task table that is claimable (pending
+ *		or retrying) after the statement, for the lowering at commit.
+ */
+static void
+pgbq_floor_note_row(Relation rel, HeapTuple tuple)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	PgbqClaimKey key;
+	Datum		d;
+	bool		isnull;
+	Oid			roleoid;
+	int			state;
+
+	/* without the preload no worker claims here: nothing to lower */
+	if (pgbq_shared == NULL)
+		return;
+	state = pgbq_floor_row_state(rel, tuple);
+	if (state != PGBQ_STATE_PENDING && state != PGBQ_STATE_RETRYING)
+		return;
+
+	/* a NULL is left to the NOT NULL checks, which reject the row */
+	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "owner"), tupdesc, &isnull);
+	if (isnull)
+		return;
+	roleoid = DatumGetObjectId(d);
+	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "priority"), tupdesc, &isnull);
+	if (isnull)
+		return;
+	key.priority = DatumGetInt32(d);
+	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "next_run_at"), tupdesc, &isnull);
+	if (isnull)
+		return;
+	key.next_run_at = DatumGetTimestampTz(d);
+	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "id"), tupdesc, &isnull);
+	if (isnull)
+		return;
+	key.id = DatumGetInt64(d);
+	pgbq_floor_note(roleoid, RelationGetRelid(rel), &key);
+}
+
+/*
  * pg_background_queue_claimable
- *		BEFORE INSERT OR UPDATE row trigger of the task table, fired (WHEN)
- *		for rows that are claimable after the statement: note the row's
- *		claim key so that the claim floor is lowered to it at commit.
+ *		Row trigger of the task table that notes every row claimable after
+ *		the statement, so that the claim floor is lowered to its key at
+ *		commit.  1.4 fires it BEFORE INSERT, for every row (the state is
+ *		checked here: a WHEN clause is compiled again by every statement);
+ *		1.3 fired it BEFORE INSERT OR UPDATE WHEN the new state is claimable.
+ *		UPDATEs are seen by pg_background_queue_task_changed from 1.4 on.
  */
 Datum
 pg_background_queue_claimable(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	HeapTuple	tuple;
-	TupleDesc	tupdesc;
-	Relation	rel;
-	PgbqClaimKey key;
-	Datum		d;
-	bool		isnull;
-	Oid			roleoid;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
@@ -600,29 +710,58 @@ pg_background_queue_claimable(PG_FUNCTION_ARGS)
 				 errmsg("pg_background_queue_claimable must be fired as a BEFORE INSERT OR UPDATE row trigger")));
 	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
 		trigdata->tg_newtuple : trigdata->tg_trigtuple;
-	rel = trigdata->tg_relation;
-	tupdesc = RelationGetDescr(rel);
-
-	/* without the preload no worker claims here: nothing to lower */
-	if (pgbq_shared == NULL)
-		return PointerGetDatum(tuple);
-
-	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "owner"), tupdesc, &isnull);
-	if (isnull)
-		return PointerGetDatum(tuple);	/* the NOT NULL check rejects it */
-	roleoid = DatumGetObjectId(d);
-	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "priority"), tupdesc, &isnull);
-	if (isnull)
-		return PointerGetDatum(tuple);
-	key.priority = DatumGetInt32(d);
-	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "next_run_at"), tupdesc, &isnull);
-	if (isnull)
-		return PointerGetDatum(tuple);
-	key.next_run_at = DatumGetTimestampTz(d);
-	d = heap_getattr(tuple, pgbq_floor_attnum(rel, "id"), tupdesc, &isnull);
-	if (isnull)
-		return PointerGetDatum(tuple);
-	key.id = DatumGetInt64(d);
-	pgbq_floor_note(roleoid, RelationGetRelid(rel), &key);
+	pgbq_floor_note_row(trigdata->tg_relation, tuple);
 	return PointerGetDatum(tuple);
+}
+
+/*
+ * pg_background_queue_task_changed
+ *		AFTER UPDATE row trigger of the task table (1.4), fired for every
+ *		row, without a WHEN clause.  It replaces two triggers of 1.3 whose
+ *		cost every statement of the workers paid although neither fired for
+ *		them: a BEFORE trigger locks the row before the UPDATE writes it
+ *		(one more WAL record), and every WHEN clause is read and planned
+ *		again for each statement.  What they did:
+ *
+ *		- a row claimable after the UPDATE (a retry, a give-back, a released
+ *		  dependent, a reschedule, an administrator's UPDATE): note its key
+ *		  for the claim floor (pg_background_queue_claimable for 1.3);
+ *		- a task with dependents that ended (finished, failed or cancelled,
+ *		  and was not before): release or cancel its waiting dependents with
+ *		  _pg_background_queue_after_end, the trigger function of 1.2 and
+ *		  1.3, called here with this trigger's data (so with the same OLD
+ *		  and NEW, at the same point: the end of the statement).
+ */
+Datum
+pg_background_queue_task_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	int			new_state;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("pg_background_queue_task_changed must be fired as an AFTER UPDATE row trigger")));
+	rel = trigdata->tg_relation;
+	pgbq_floor_note_row(rel, trigdata->tg_newtuple);
+
+	new_state = pgbq_floor_row_state(rel, trigdata->tg_newtuple);
+	if ((new_state == PGBQ_STATE_FINISHED || new_state == PGBQ_STATE_FAILED ||
+		 new_state == PGBQ_STATE_CANCELLED) &&
+		pgbq_floor_row_state(rel, trigdata->tg_trigtuple) != new_state)
+	{
+		Datum		d;
+		bool		isnull;
+
+		d = heap_getattr(trigdata->tg_trigtuple,
+						 pgbq_floor_attnum(rel, "has_dependents"),
+						 RelationGetDescr(rel), &isnull);
+		if (!isnull && DatumGetBool(d))
+			pgbq_release_dependents(trigdata);
+	}
+	return PointerGetDatum(NULL);
 }

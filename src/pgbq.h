@@ -314,6 +314,8 @@ extern int64 pgbq_insert_workflow(const char *qualified_table,
 								  Datum after, bool has_after,
 								  const char *errors, bool *inserted);
 extern bool pgbq_after_arg(struct ArrayType *after);
+struct TriggerData;
+extern void pgbq_release_dependents(struct TriggerData *trigdata);
 extern const char *pgbq_prerequisites(const char *qualified_table, Datum after,
 									  Oid userid, char **errors);
 

@@ -22,11 +22,14 @@
  *	                  cancelled         (workflow.c): pgbq_sql_insert_        (has_dependents UPDATE);
  *	                                    workflow; waiting if a prerequisite   ON CONFLICT on the key;
  *	                                    is open, cancelled if one failed      the caller's
- *	waiting           pending           release trigger _pg_background_       FOR UPDATE of the waiting
- *	                                    queue_after_end (SQL, 1.2): the last  rows; in the transaction
- *	                                    prerequisite finished                 that ends the prerequisite
- *	waiting           cancelled         the same trigger: a prerequisite      the same
- *	                                    failed or was cancelled
+ *	waiting           pending           release _pg_background_queue_after_   FOR UPDATE of the waiting
+ *	                                    end (SQL, 1.2), fired by the table's  rows; in the transaction
+ *	                                    AFTER UPDATE trigger (1.4: through    that ends the prerequisite
+ *	                                    pg_background_queue_task_changed,
+ *	                                    claim_floor.c): the last prerequisite
+ *	                                    finished
+ *	waiting           cancelled         the same: a prerequisite failed or    the same
+ *	                                    was cancelled
  *	pending/retrying  running           claim: pgbq_sql_claim + pgbq_sql_     FOR UPDATE SKIP LOCKED; the
  *	                                    mark_running (worker_bookkeeping.c),  slot goes RUNNING in the same
  *	                                    attempts+1; pgbq_sql_claim_next and   transaction under the shmem
@@ -83,11 +86,14 @@
  *	                                    queue_purge (pgbq_sql_purge)
  *
  * Around these, without changing a state:
- *	- the claimable trigger _pg_background_queue_claimable (SQL, 1.3;
- *	  claim_floor.c) fires BEFORE every INSERT or UPDATE whose new state is
- *	  pending or retrying (enqueue, a failed attempt to be retried,
- *	  give-back, retry, release, reschedule) and lowers the role's claim
- *	  floor to the row's key once the transaction commits;
+ *	- the claimable triggers (claim_floor.c) see every INSERT or UPDATE whose
+ *	  new state is pending or retrying (enqueue, a failed attempt to be
+ *	  retried, give-back, retry, release, reschedule) and lower the role's
+ *	  claim floor to the row's key once the transaction commits: 1.3's
+ *	  BEFORE INSERT OR UPDATE WHEN the state is claimable; from 1.4 BEFORE
+ *	  INSERT and AFTER UPDATE without WHEN (pg_background_queue_task_changed,
+ *	  which also releases dependents), so that the workers' own UPDATEs pay
+ *	  for no WHEN clause and no row lock a BEFORE UPDATE trigger takes;
  *	- a keyed enqueue takes the dedupe key from a running task of the key
  *	  (workflow.c), and enqueue and retry set has_dependents on the
  *	  prerequisites (workflow.c), which arms the release trigger;

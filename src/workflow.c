@@ -2,8 +2,10 @@
  *
  * workflow.c
  *	  Workflow features of version 1.2: pausing and resuming topics, dedupe
- *	  keys, dependencies (the enqueue side; the release and cascade are the
- *	  trigger _pg_background_queue_after_end in the SQL script).
+ *	  keys, dependencies (the enqueue side; the release and cascade are
+ *	  _pg_background_queue_after_end in the SQL script, fired by the task
+ *	  table's trigger: its own in 1.2 and 1.3, through
+ *	  pg_background_queue_task_changed from 1.4 on).
  *
  * A paused topic is a cluster-wide setting, like the other topic settings:
  * it holds for every database.  The set of paused topics lives in shared
@@ -34,14 +36,19 @@
 #include <unistd.h>
 
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "storage/shmem.h"
 #include "lib/stringinfo.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 
 #include "compat.h"
 #include "pgbq.h"
@@ -694,4 +701,40 @@ pgbq_lock_prerequisites(const PgbqCatalog *cat, int64 id, Oid userid)
 		elog(ERROR, "could not lock prerequisites: %s", SPI_result_code_string(rc));
 	SPI_finish();
 	pgbq_end_privileged(nest, save_userid, save_sec);
+}
+
+/*
+ * pgbq_release_dependents
+ *		Release or cancel the waiting dependents of the task whose UPDATE
+ *		fired the AFTER UPDATE row trigger trigdata (it ended and has
+ *		dependents): call the trigger function _pg_background_queue_after_end
+ *		of the table's schema with the same trigger data, as its own trigger
+ *		did before 1.4.  A trigger function is not checked for EXECUTE
+ *		privilege when it fires, so neither is it here.
+ */
+void
+pgbq_release_dependents(TriggerData *trigdata)
+{
+	Oid			nsp = RelationGetNamespace(trigdata->tg_relation);
+	char	   *schema = get_namespace_name(nsp);
+	Oid			fnoid;
+	FmgrInfo	flinfo;
+
+	LOCAL_FCINFO(call, 0);
+
+	if (schema == NULL)
+		elog(ERROR, "schema of the task table (OID %u) is gone", nsp);
+	fnoid = LookupFuncName(list_make2(makeString(schema),
+									  makeString("_pg_background_queue_after_end")),
+						   0, NULL, true);
+	if (!OidIsValid(fnoid) || get_func_rettype(fnoid) != TRIGGEROID)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("trigger function %s._pg_background_queue_after_end() does not exist",
+						quote_identifier(schema)),
+				 errhint("ALTER EXTENSION pg_background_queue UPDATE restores it.")));
+	fmgr_info(fnoid, &flinfo);
+	InitFunctionCallInfoData(*call, &flinfo, 0, InvalidOid,
+							 (Node *) trigdata, NULL);
+	(void) FunctionCallInvoke(call);
 }

@@ -113,6 +113,22 @@ def test_higher_priority_behind_floor_runs_next(node: Any) -> None:
     )
 
 
+def test_task_an_update_moves_behind_floor_runs_next(node: Any) -> None:
+    """A task an UPDATE makes claimable behind the floor (a reschedule to a higher priority)
+    runs next: the AFTER UPDATE trigger of 1.4, which has no WHEN clause, notes it in C."""
+    ids = stream(node, "resched")
+    wait_started(node, ids, 3)
+    moved = enqueue(node, "SELECT 1 /* rescheduled */", None, 9)
+    assert scalar(node, "SELECT pg_background_reschedule(%s, 1)", (moved,)) is True
+    committed = scalar(node, "SELECT clock_timestamp()")
+    wait_tasks(node, [moved, *ids])
+    order = started_after(node, [moved, *ids], committed)
+    assert order, f"no task was claimed after task {moved} was rescheduled"
+    assert order[0] == moved, (
+        f"claims after task {moved} was rescheduled took {order} (it was passed over)"
+    )
+
+
 def test_delayed_task_behind_floor_runs_when_due(node: Any) -> None:
     """A task that was delayed when the floor moved past its key runs as soon as it is due."""
     delayed = int(
