@@ -74,50 +74,41 @@ COMMENT ON DOMAIN @extschema@.pg_background_queue_dedupe_key IS
 
 /*
  * The statistics view reads attempts, and a column a view reads cannot
- * change its type: the view reads no column of the table for the length of
- * the change, then the same query again.  CREATE OR REPLACE keeps the
- * view itself (its privileges and comment; the options are given again).
+ * change its type: for the length of the change the view reads no column
+ * of the table, then its own definition again.  CREATE OR REPLACE keeps
+ * the view itself (its privileges and comment; the options are given
+ * again).
  */
-CREATE OR REPLACE VIEW @extschema@.pg_background_queue_task_stats
-WITH (security_barrier = true) AS
-	SELECT NULL::text AS topic,
-		   NULL::@extschema@.pg_background_queue_task_state AS state,
-		   NULL::bigint AS tasks,
-		   NULL::bigint AS attempts,
-		   NULL::interval AS oldest_age,
-		   NULL::float8 AS p50_run_seconds,
-		   NULL::float8 AS p95_run_seconds,
-		   NULL::float8 AS max_run_seconds
-	 WHERE false;
+DO $$
+DECLARE
+	stats_query text := pg_catalog.pg_get_viewdef(
+		'@extschema@.pg_background_queue_task_stats'::pg_catalog.regclass);
+BEGIN
+	CREATE OR REPLACE VIEW @extschema@.pg_background_queue_task_stats
+	WITH (security_barrier = true) AS
+		SELECT NULL::text AS topic,
+			   NULL::@extschema@.pg_background_queue_task_state AS state,
+			   NULL::bigint AS tasks,
+			   NULL::bigint AS attempts,
+			   NULL::interval AS oldest_age,
+			   NULL::float8 AS p50_run_seconds,
+			   NULL::float8 AS p95_run_seconds,
+			   NULL::float8 AS max_run_seconds
+		 WHERE false;
 
-/* the table is rewritten once (a domain with a check is not binary coercible) */
-ALTER TABLE @extschema@.pg_background_tasks
-	DROP CONSTRAINT pg_background_tasks_sql_nonempty,
-	DROP CONSTRAINT pg_background_tasks_priority_range,
-	DROP CONSTRAINT pg_background_tasks_attempts_range,
-	DROP CONSTRAINT pg_background_tasks_dedupe_key_nonempty,
-	ALTER COLUMN sql_statement TYPE @extschema@.pg_background_queue_sql,
-	ALTER COLUMN priority TYPE @extschema@.pg_background_queue_priority,
-	ALTER COLUMN attempts TYPE @extschema@.pg_background_queue_count,
-	ALTER COLUMN retry_count TYPE @extschema@.pg_background_queue_count,
-	ALTER COLUMN dedupe_key TYPE @extschema@.pg_background_queue_dedupe_key;
+	/* the table is rewritten once (a domain with a check is not binary coercible) */
+	ALTER TABLE @extschema@.pg_background_tasks
+		DROP CONSTRAINT pg_background_tasks_sql_nonempty,
+		DROP CONSTRAINT pg_background_tasks_priority_range,
+		DROP CONSTRAINT pg_background_tasks_attempts_range,
+		DROP CONSTRAINT pg_background_tasks_dedupe_key_nonempty,
+		ALTER COLUMN sql_statement TYPE @extschema@.pg_background_queue_sql,
+		ALTER COLUMN priority TYPE @extschema@.pg_background_queue_priority,
+		ALTER COLUMN attempts TYPE @extschema@.pg_background_queue_count,
+		ALTER COLUMN retry_count TYPE @extschema@.pg_background_queue_count,
+		ALTER COLUMN dedupe_key TYPE @extschema@.pg_background_queue_dedupe_key;
 
-CREATE OR REPLACE VIEW @extschema@.pg_background_queue_task_stats
-WITH (security_barrier = true) AS
-	SELECT t.topic,
-		   t.state,
-		   pg_catalog.count(*) AS tasks,
-		   pg_catalog.sum(t.attempts) AS attempts,
-		   pg_catalog.now() - pg_catalog.min(t.joined_at) AS oldest_age,
-		   pg_catalog.percentile_cont(0.5) WITHIN GROUP (
-				ORDER BY EXTRACT(epoch FROM t.closed_at - t.started_at))
-				AS p50_run_seconds,
-		   pg_catalog.percentile_cont(0.95) WITHIN GROUP (
-				ORDER BY EXTRACT(epoch FROM t.closed_at - t.started_at))
-				AS p95_run_seconds,
-		   pg_catalog.max(EXTRACT(epoch FROM t.closed_at - t.started_at))::float8
-				AS max_run_seconds
-	  FROM @extschema@.pg_background_tasks t
-	 WHERE pg_catalog.pg_has_role(t.owner, 'USAGE')	-- views bypass RLS
-	 GROUP BY t.topic, t.state;
-
+	EXECUTE 'CREATE OR REPLACE VIEW @extschema@.pg_background_queue_task_stats '
+		'WITH (security_barrier = true) AS ' || stats_query;
+END;
+$$;

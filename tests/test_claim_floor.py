@@ -99,18 +99,22 @@ def test_claimable_trigger_installed(node: Any) -> None:
     )
 
 
+def assert_claimed_next(node: Any, task: int, ids: list[int], instant: Any, when: str) -> None:
+    """Once task and the stream ids have run: the first of them claimed after instant (when
+    task became claimable, said as "when") is task."""
+    wait_tasks(node, [task, *ids])
+    order = started_after(node, [task, *ids], instant)
+    assert order, f"no task was claimed after task {task} {when}"
+    assert order[0] == task, f"claims after task {task} {when} took {order} (it was passed over)"
+
+
 def test_higher_priority_behind_floor_runs_next(node: Any) -> None:
     """A task enqueued with a higher priority than the floor's (so behind it) runs next."""
     ids = stream(node, "prio")
     wait_started(node, ids, 3)
     urgent = enqueue(node, "SELECT 1 /* urgent */", None, 1)
     committed = scalar(node, "SELECT clock_timestamp()")
-    wait_tasks(node, [urgent, *ids])
-    order = started_after(node, [urgent, *ids], committed)
-    assert order, f"no task was claimed after task {urgent} committed"
-    assert order[0] == urgent, (
-        f"claims after task {urgent} committed took {order} (the urgent task was passed over)"
-    )
+    assert_claimed_next(node, urgent, ids, committed, "committed")
 
 
 def test_task_an_update_moves_behind_floor_runs_next(node: Any) -> None:
@@ -121,12 +125,7 @@ def test_task_an_update_moves_behind_floor_runs_next(node: Any) -> None:
     moved = enqueue(node, "SELECT 1 /* rescheduled */", None, 9)
     assert scalar(node, "SELECT pg_background_reschedule(%s, 1)", (moved,)) is True
     committed = scalar(node, "SELECT clock_timestamp()")
-    wait_tasks(node, [moved, *ids])
-    order = started_after(node, [moved, *ids], committed)
-    assert order, f"no task was claimed after task {moved} was rescheduled"
-    assert order[0] == moved, (
-        f"claims after task {moved} was rescheduled took {order} (it was passed over)"
-    )
+    assert_claimed_next(node, moved, ids, committed, "was rescheduled")
 
 
 def test_delayed_task_behind_floor_runs_when_due(node: Any) -> None:
@@ -140,12 +139,7 @@ def test_delayed_task_behind_floor_runs_when_due(node: Any) -> None:
     )
     ids = stream(node, "delay")
     wait_tasks(node, [delayed, *ids])
-    due = task_due(node, delayed)
-    order = started_after(node, [delayed, *ids], due)
-    assert order, f"no task was claimed after task {delayed} was due"
-    assert order[0] == delayed, (
-        f"claims after task {delayed} was due took {order} (the delayed task was passed over)"
-    )
+    assert_claimed_next(node, delayed, ids, task_due(node, delayed), "was due")
 
 
 def task_due(node: Any, task_id: int) -> Any:
