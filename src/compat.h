@@ -33,6 +33,25 @@
 #error "pg_background_queue requires PostgreSQL 15 or later"
 #endif
 
+/*
+ * The C variables behind settings the bookkeeping pins (catalog.c) that not
+ * every version has: transaction_timeout from 17 on; force_parallel_mode
+ * became debug_parallel_query in 16.  NULL where this server lacks the
+ * setting (its name is unknown too).
+ */
+#if PG_VERSION_NUM >= 170000
+#define PGBQ_TRANSACTION_TIMEOUT_VAR	(&TransactionTimeout)
+#else
+#define PGBQ_TRANSACTION_TIMEOUT_VAR	NULL
+#endif
+#if PG_VERSION_NUM >= 160000
+#define PGBQ_FORCE_PARALLEL_MODE_VAR	NULL
+#define PGBQ_DEBUG_PARALLEL_QUERY_VAR	(&debug_parallel_query)
+#else
+#define PGBQ_FORCE_PARALLEL_MODE_VAR	(&force_parallel_mode)
+#define PGBQ_DEBUG_PARALLEL_QUERY_VAR	NULL
+#endif
+
 /* JSON semantic actions return an error code from 16 on. */
 #if PG_VERSION_NUM >= 160000
 #define PGBQ_JSON_ACTION JsonParseErrorType

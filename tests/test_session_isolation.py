@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from core_helpers import enqueue, make_role, query, scalar, wait_tasks
+from core_helpers import enqueue, make_role, query, scalar, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until, server_log
 
 # Parameters a task cannot set to a value of its choice, each with the reason.  They are still
@@ -280,6 +280,59 @@ def test_role_default_isolation_applies_and_claims_never_fail(node: Any, level: 
     assert not bad, bad[:5]
     levels = {r["v"] for r in query(node, "SELECT v FROM probe WHERE tag LIKE %s", (role + "%",))}
     assert levels == {level}
+
+
+def test_bookkeeping_keeps_its_settings_under_hostile_role_defaults(node: Any) -> None:
+    """Role defaults that would change what the workers' own statements do reach the role's
+    tasks, not the bookkeeping: with session_replication_role = replica (no ordinary trigger
+    fires) a dependent is still released when its prerequisite finishes (the task table's
+    AFTER UPDATE trigger fired for the finished mark), and no planner switch or timeout of
+    the role keeps a claim or finish from working."""
+    role = "hostile_defaults"
+    make_role(node, role)
+    for setting in (
+        "session_replication_role = replica",
+        "lock_timeout = '1ms'",
+        "enable_indexscan = off",
+        "enable_bitmapscan = off",
+        "transform_null_equals = on",
+        "plan_cache_mode = force_custom_plan",
+    ):
+        query(node, f"ALTER ROLE {role} SET {setting}")
+    try:
+        probe = (
+            "INSERT INTO public.probe VALUES (%L, pg_backend_pid(), "
+            "current_setting('session_replication_role'))"
+        )
+        first = int(
+            query(
+                node,
+                "SELECT pg_background_enqueue(format(%s, 'hostile-1'), "
+                "run_at => clock_timestamp() + interval '2 s') AS id",
+                (probe,),
+                user=role,
+            )[0]["id"]
+        )
+        second = int(
+            query(
+                node,
+                "SELECT pg_background_enqueue(format(%s, 'hostile-2'), "
+                "after => ARRAY[%s]::bigint[]) AS id",
+                (probe, first),
+                user=role,
+            )[0]["id"]
+        )
+        # the prerequisite is due in 2 s: the dependent waits for its end
+        assert task(node, second)["state"] == "waiting"
+        rows = wait_tasks(node, [first, second], timeout=60)
+        assert [r["state"] for r in rows] == ["finished", "finished"], rows
+        seen = {
+            r["tag"]: r["v"]
+            for r in query(node, "SELECT tag, v FROM probe WHERE tag LIKE 'hostile-%'")
+        }
+        assert seen == {"hostile-1": "replica", "hostile-2": "replica"}, seen
+    finally:
+        query(node, f"ALTER ROLE {role} RESET ALL")
 
 
 def test_roles_and_session_objects_do_not_leak(node: Any) -> None:
