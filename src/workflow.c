@@ -732,7 +732,7 @@ pgbq_release_dependents(TriggerData *trigdata)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("trigger function %s._pg_background_queue_after_end() does not exist",
 						quote_identifier(schema)),
-				 errhint("ALTER EXTENSION pg_background_queue UPDATE restores it.")));
+				 errdetail("The task table's AFTER UPDATE trigger calls it to release or cancel the dependents of a task that ended.")));
 	fmgr_info(fnoid, &flinfo);
 	InitFunctionCallInfoData(*call, &flinfo, 0, InvalidOid,
 							 (Node *) trigdata, NULL);
