@@ -645,23 +645,22 @@ pgbq_floor_row_state(Relation rel, HeapTuple tuple)
 
 /*
  * pgbq_floor_note_row
- *		Note the key of a row of the task table that is claimable (pending
- *		or retrying) after the statement, for the lowering at commit.
+ *		Note the key of a row of the task table whose state (state, from
+ *		pgbq_floor_row_state) after the statement is claimable (pending or
+ *		retrying), for the lowering at commit.
  */
 static void
-pgbq_floor_note_row(Relation rel, HeapTuple tuple)
+pgbq_floor_note_row(Relation rel, HeapTuple tuple, int state)
 {
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 	PgbqClaimKey key;
 	Datum		d;
 	bool		isnull;
 	Oid			roleoid;
-	int			state;
 
 	/* without the preload no worker claims here: nothing to lower */
 	if (pgbq_shared == NULL)
 		return;
-	state = pgbq_floor_row_state(rel, tuple);
 	if (state != PGBQ_STATE_PENDING && state != PGBQ_STATE_RETRYING)
 		return;
 
@@ -710,7 +709,8 @@ pg_background_queue_claimable(PG_FUNCTION_ARGS)
 				 errmsg("pg_background_queue_claimable must be fired as a BEFORE INSERT OR UPDATE row trigger")));
 	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
 		trigdata->tg_newtuple : trigdata->tg_trigtuple;
-	pgbq_floor_note_row(trigdata->tg_relation, tuple);
+	pgbq_floor_note_row(trigdata->tg_relation, tuple,
+						pgbq_floor_row_state(trigdata->tg_relation, tuple));
 	return PointerGetDatum(tuple);
 }
 
@@ -747,9 +747,9 @@ pg_background_queue_task_changed(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("pg_background_queue_task_changed must be fired as an AFTER UPDATE row trigger")));
 	rel = trigdata->tg_relation;
-	pgbq_floor_note_row(rel, trigdata->tg_newtuple);
-
 	new_state = pgbq_floor_row_state(rel, trigdata->tg_newtuple);
+	pgbq_floor_note_row(rel, trigdata->tg_newtuple, new_state);
+
 	if ((new_state == PGBQ_STATE_FINISHED || new_state == PGBQ_STATE_FAILED ||
 		 new_state == PGBQ_STATE_CANCELLED) &&
 		pgbq_floor_row_state(rel, trigdata->tg_trigtuple) != new_state)
