@@ -39,6 +39,7 @@
 #include "optimizer/optimizer.h"
 #include "parser/parse_expr.h"
 #include "parser/parser.h"
+#include "storage/ipc.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -347,19 +348,30 @@ pgbq_state_retry_decision(int attempts, const PgbqTopicPolicy *policy,
  * committing transaction that has notifications behind one lock held
  * through its commit record's WAL flush; sent from the task's durable
  * commit, that lock would serialize all workers' flushes and defeat group
- * commit.  A transaction with nothing but notifications writes no WAL and
- * holds the lock only briefly.
+ * commit.  A transaction with nothing but notifications commits without
+ * waiting for its flush and holds the lock only briefly.
+ *
+ * Workers of one database share those transactions (pgbq_shared->notify):
+ * a worker whose database has a flusher at work leaves its notifications
+ * in the shared buffer instead; otherwise it becomes the flusher and sends
+ * its own and everyone's in rounds, taking the database's entries out of
+ * the buffer in each.  Invariant: an entry of database D is in the buffer
+ * only while a worker of D holds the flusher role for D; the flusher gives
+ * the role up in the same critical section as its last take, so nothing
+ * is left behind without a flusher (an exit gives it up too: the next
+ * worker of D to flush becomes the flusher and takes what is left).  Under
+ * load this sends one transaction for the ends of several workers' tasks
+ * instead of one per task; a lone worker sends its own at once, as before.
  */
-typedef struct PgbqPendingNotify
-{
-	int64		task_id;
-	char		state[16];
-} PgbqPendingNotify;
+#define PGBQ_NOTIFY_ROUNDS		4	/* transactions a flusher sends at most */
+#define PGBQ_NOTIFY_SHARE_MAX	8	/* more held than this: sent alone */
 
 static bool pgbq_notify_deferred = false;
-static PgbqPendingNotify *pgbq_pending = NULL;
+static PgbqSharedNotify *pgbq_pending = NULL;
 static int	pgbq_npending = 0;
 static int	pgbq_maxpending = 0;
+
+static void pgbq_notify_at_exit(int code, Datum arg);
 
 /*
  * pgbq_send_notify
@@ -382,6 +394,8 @@ pgbq_send_notify(int64 task_id, const char *state)
 void
 pgbq_defer_notifications(void)
 {
+	if (!pgbq_notify_deferred)
+		before_shmem_exit(pgbq_notify_at_exit, (Datum) 0);
 	pgbq_notify_deferred = true;
 }
 
@@ -420,9 +434,9 @@ pgbq_forget_notifications_since(int n)
 }
 
 /*
- * pgbq_flush_notifications
- *		After the commit that carried them, send the held notifications in a
- *		short transaction of their own.  A failure (say, a full notification
+ * pgbq_send_held
+ *		Send the held notifications in a short transaction of their own.  A
+ *		failure (say, a full notification
  *		queue because a listener stopped reading) loses them with a WARNING:
  *		the task's outcome is committed, and listeners poll as a fallback.
  *
@@ -434,14 +448,11 @@ pgbq_forget_notifications_since(int n)
  *		flush per task would otherwise halve the throughput of durable
  *		commits.
  */
-void
-pgbq_flush_notifications(void)
+static void
+pgbq_send_held(void)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 
-	if (pgbq_npending == 0)
-		return;
-	Assert(!IsTransactionState());
 	PG_TRY();
 	{
 		StartTransactionCommand();
@@ -471,6 +482,174 @@ pgbq_flush_notifications(void)
 	MemoryContextSwitchTo(oldcontext);
 }
 
+
+/*
+ * pgbq_notify_reserve
+ *		Room in pgbq_pending for n more (allocated outside any spinlock).
+ */
+static void
+pgbq_notify_reserve(int n)
+{
+	int			need = pgbq_npending + n;
+
+	if (need <= pgbq_maxpending)
+		return;
+	if (pgbq_pending == NULL)
+		pgbq_pending = MemoryContextAlloc(TopMemoryContext,
+										  need * sizeof(PgbqSharedNotify));
+	else
+		pgbq_pending = repalloc(pgbq_pending, need * sizeof(PgbqSharedNotify));
+	pgbq_maxpending = need;
+}
+
+/*
+ * pgbq_notify_become_flusher
+ *		Take the flusher role for this database unless another process
+ *		holds it (*other set) or every role is taken.  Caller holds the
+ *		mutex.
+ */
+static bool
+pgbq_notify_become_flusher(PgbqNotifyBuffer *nb, bool *other)
+{
+	int			free = -1;
+
+	*other = false;
+	for (int i = 0; i < PGBQ_NOTIFY_FLUSHERS; i++)
+	{
+		if (nb->flushing_db[i] == MyDatabaseId)
+		{
+			*other = true;
+			return false;
+		}
+		if (free < 0 && nb->flushing_db[i] == InvalidOid)
+			free = i;
+	}
+	if (free < 0)
+		return false;
+	nb->flushing_db[free] = MyDatabaseId;
+	nb->flushing_pid[free] = MyProcPid;
+	return true;
+}
+
+/*
+ * pgbq_notify_stop_flushing
+ *		Give up this process's flusher role.  Caller holds the mutex.
+ */
+static void
+pgbq_notify_stop_flushing(PgbqNotifyBuffer *nb)
+{
+	for (int i = 0; i < PGBQ_NOTIFY_FLUSHERS; i++)
+	{
+		if (nb->flushing_pid[i] == MyProcPid)
+		{
+			nb->flushing_db[i] = InvalidOid;
+			nb->flushing_pid[i] = 0;
+		}
+	}
+}
+
+/*
+ * pgbq_notify_take
+ *		Move this database's entries from the shared buffer to the held
+ *		ones (room reserved by the caller).  Caller holds the mutex.
+ */
+static void
+pgbq_notify_take(PgbqNotifyBuffer *nb)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < nb->count; i++)
+	{
+		if (nb->entries[i].dboid == MyDatabaseId)
+			pgbq_pending[pgbq_npending++] = nb->entries[i];
+		else
+			nb->entries[kept++] = nb->entries[i];
+	}
+	nb->count = kept;
+}
+
+/*
+ * pgbq_notify_at_exit
+ *		before_shmem_exit callback: a worker leaving while it flushes (an
+ *		error it could not survive, a shutdown) gives the role up, so that
+ *		the next worker of its database takes what is left in the buffer.
+ */
+static void
+pgbq_notify_at_exit(int code, Datum arg)
+{
+	(void) code;
+	(void) arg;
+	if (pgbq_shared == NULL)
+		return;
+	SpinLockAcquire(&pgbq_shared->notify.mutex);
+	pgbq_notify_stop_flushing(&pgbq_shared->notify);
+	SpinLockRelease(&pgbq_shared->notify.mutex);
+}
+
+/*
+ * pgbq_flush_notifications
+ *		After the commit that carried them, see that the held notifications
+ *		are sent: left to the database's flusher if one is at work (and the
+ *		shared buffer has room), else sent by this worker as the flusher,
+ *		together with the entries others left, in at most
+ *		PGBQ_NOTIFY_ROUNDS transactions (see the comment above
+ *		PGBQ_NOTIFY_ROUNDS).  Many held at once (a batch's end) are sent
+ *		alone.
+ */
+void
+pgbq_flush_notifications(void)
+{
+	PgbqNotifyBuffer *nb;
+	bool		other;
+
+	if (pgbq_npending == 0)
+		return;
+	Assert(!IsTransactionState());
+	if (pgbq_shared == NULL || pgbq_npending > PGBQ_NOTIFY_SHARE_MAX)
+	{
+		pgbq_send_held();
+		return;
+	}
+	nb = &pgbq_shared->notify;
+	pgbq_notify_reserve(PGBQ_NOTIFY_BUFFER);
+	SpinLockAcquire(&nb->mutex);
+	if (!pgbq_notify_become_flusher(nb, &other))
+	{
+		bool		left = false;
+
+		/* a flusher of this database is at work: leave them to it */
+		if (other && nb->count + pgbq_npending <= PGBQ_NOTIFY_BUFFER)
+		{
+			memcpy(&nb->entries[nb->count], pgbq_pending,
+				   pgbq_npending * sizeof(PgbqSharedNotify));
+			nb->count += pgbq_npending;
+			left = true;
+		}
+		SpinLockRelease(&nb->mutex);
+		if (left)
+			pgbq_npending = 0;
+		else
+			pgbq_send_held();
+		return;
+	}
+	for (int round = 0;; round++)
+	{
+		bool		done;
+
+		/* the mutex is held here */
+		pgbq_notify_take(nb);
+		done = (pgbq_npending == 0 || round == PGBQ_NOTIFY_ROUNDS - 1);
+		if (done)
+			pgbq_notify_stop_flushing(nb);
+		SpinLockRelease(&nb->mutex);
+		if (pgbq_npending > 0)
+			pgbq_send_held();
+		if (done)
+			break;
+		SpinLockAcquire(&nb->mutex);
+	}
+}
+
 /*
  * pgbq_notify_terminal
  *		Tell listeners that a task reached a terminal state: at the commit of
@@ -493,11 +672,12 @@ pgbq_notify_terminal(int64 task_id, const char *state)
 
 		if (pgbq_pending == NULL)
 			pgbq_pending = MemoryContextAlloc(TopMemoryContext,
-											  newmax * sizeof(PgbqPendingNotify));
+											  newmax * sizeof(PgbqSharedNotify));
 		else
-			pgbq_pending = repalloc(pgbq_pending, newmax * sizeof(PgbqPendingNotify));
+			pgbq_pending = repalloc(pgbq_pending, newmax * sizeof(PgbqSharedNotify));
 		pgbq_maxpending = newmax;
 	}
+	pgbq_pending[pgbq_npending].dboid = MyDatabaseId;
 	pgbq_pending[pgbq_npending].task_id = task_id;
 	strlcpy(pgbq_pending[pgbq_npending].state, state,
 			sizeof(pgbq_pending[pgbq_npending].state));

@@ -410,16 +410,20 @@ pgbq_floor_hold_started(int64 id)
 /*
  * pgbq_floor_held_ids
  *		The ids every worker of (database, role) lists as held, for the
- *		claim's floor proposal to pass.
+ *		claim's floor proposal to pass, and for the claim itself to leave
+ *		out; after the nextra ids extra.
  */
 ArrayType *
-pgbq_floor_held_ids(Oid dboid, Oid roleoid)
+pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra)
 {
 	Datum	   *ids;
 	int			n = 0;
 	int			i;
 
-	ids = palloc(sizeof(Datum) * pgbq_shared->nslots * PGBQ_SLOT_HELD_CLAIMS);
+	ids = palloc(sizeof(Datum) *
+				 (pgbq_shared->nslots * PGBQ_SLOT_HELD_CLAIMS + nextra));
+	for (i = 0; i < nextra; i++)
+		ids[n++] = Int64GetDatum(extra[i]);
 	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
 	for (i = 0; i < pgbq_shared->nslots; i++)
 	{

@@ -25,6 +25,7 @@
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/spin.h"
 #include "utils/palloc.h"
 #include "utils/tuplestore.h"
 
@@ -227,6 +228,30 @@ typedef struct PgbqFloor
 	TimestampTz last_front_scan;	/* last claim from the front */
 } PgbqFloor;
 
+/*
+ * Notifications task workers share (catalog.c): after its commit, a worker
+ * leaves its tasks' notifications here, and the first worker of the
+ * database to find no flusher at work sends everyone's in one transaction.
+ */
+#define PGBQ_NOTIFY_BUFFER		64	/* entries, all databases */
+#define PGBQ_NOTIFY_FLUSHERS	16	/* databases flushing at once */
+
+typedef struct PgbqSharedNotify
+{
+	Oid			dboid;
+	int64		task_id;
+	char		state[12];		/* finished, failed or cancelled */
+} PgbqSharedNotify;
+
+typedef struct PgbqNotifyBuffer
+{
+	slock_t		mutex;			/* guards every field below */
+	int			count;			/* entries[0 .. count - 1] are in use */
+	PgbqSharedNotify entries[PGBQ_NOTIFY_BUFFER];
+	Oid			flushing_db[PGBQ_NOTIFY_FLUSHERS];	/* InvalidOid: free */
+	pid_t		flushing_pid[PGBQ_NOTIFY_FLUSHERS];
+} PgbqNotifyBuffer;
+
 typedef struct PgbqShared
 {
 	LWLock	   *lock;
@@ -240,6 +265,7 @@ typedef struct PgbqShared
 	PgbqRateTopic rates[PGBQ_MAX_RATE_TOPICS];
 	PgbqFloor	floors[PGBQ_MAX_DEMANDS];	/* claim_floor.c */
 	ConditionVariable task_ended;	/* broadcast after a commit that ended tasks */
+	PgbqNotifyBuffer notify;	/* catalog.c; its own spinlock */
 	PgbqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } PgbqShared;
 
@@ -296,7 +322,8 @@ extern void pgbq_floor_advance(Oid dboid, Oid roleoid, Oid table_oid,
 extern void pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
 							const PgbqClaimKey *key);
 extern void pgbq_floor_hold_started(int64 id);
-extern struct ArrayType *pgbq_floor_held_ids(Oid dboid, Oid roleoid);
+extern struct ArrayType *pgbq_floor_held_ids(Oid dboid, Oid roleoid,
+												const int64 *extra, int nextra);
 
 /* ---------------------------------------------------------------------
  * Workflows (workflow.c): paused topics

@@ -150,6 +150,7 @@ pgbq_shmem_init(void)
 		/* After a (re)start, every database needs a maintenance pass. */
 		pgbq_shared->rescan_requested = true;
 		ConditionVariableInit(&pgbq_shared->task_ended);
+		SpinLockInit(&pgbq_shared->notify.mutex);
 	}
 	pgbq_paused_shmem_init();
 	LWLockRelease(AddinShmemInitLock);

@@ -85,7 +85,7 @@ static SPIPlanPtr pgbq_finish_many_result_plan = NULL;	/* NULL before 1.3 */
  * size of the results they keep (bounded: see pgbq_batch_defer_finish).
  * Their claims' row locks keep the rows as they were until then: the
  * batch's own claims, which do not skip what their transaction locked,
- * leave them out (pgbq_batch_deferred_ids).  Only the worker's own batch
+ * leave them out (pgbq_claim_left_out).  Only the worker's own batch
  * loop touches them: pgbq_run_batch forgets them when the batch begins and
  * when it rolls back, pgbq_run_in_subxact forgets a task's entry when its
  * subtransaction rolls back.
@@ -100,7 +100,7 @@ typedef struct PgbqDeferredFinish
 	bool		truncated;
 } PgbqDeferredFinish;
 
-static ArrayType *pgbq_batch_deferred_ids(void);
+static ArrayType *pgbq_claim_left_out(Oid roleoid);
 
 static PgbqDeferredFinish *pgbq_batch_deferred = NULL;
 static int	pgbq_batch_ndeferred = 0;
@@ -359,7 +359,8 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 	args[1] = Int32GetDatum(start->priority);
 	args[2] = TimestampTzGetDatum(start->next_run_at);
 	args[3] = Int64GetDatum(start->id);
-	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid));
+	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid,
+													  NULL, 0));
 	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
@@ -447,8 +448,11 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 	else
 		pgbq_claim_key_lowest(&start);
 
-	/* the same for every round: no task of the batch ends in between */
-	ran = PointerGetDatum(pgbq_batch_deferred_ids());
+	/*
+	 * The same for every round: no task of the batch ends in between, and
+	 * a row held then and let go since is one this claim may skip.
+	 */
+	ran = PointerGetDatum(pgbq_claim_left_out(roleoid));
 
 	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
 	{
@@ -958,22 +962,29 @@ pgbq_batch_defer_finish(const PgbqTask *task)
 }
 
 /*
- * pgbq_batch_deferred_ids
- *		The tasks whose finished marks the batch keeps, as an int8[] (empty
- *		outside a batch): their rows still look claimable to the batch's own
- *		transaction (its claims skip no row it locked itself), so its
- *		claims leave them out.
+ * pgbq_claim_left_out
+ *		The ids the claims of this transaction leave out, as an int8[]: the
+ *		tasks whose finished marks the batch keeps (none outside a batch),
+ *		whose rows still look claimable to the batch's own transaction (its
+ *		claims skip no row it locked itself), and the rows that workers of
+ *		the role list as held (claim_floor.c), read before the claim takes
+ *		its snapshot.  A held row is locked by another claim, or was until
+ *		a commit the snapshot may not see yet; FOR UPDATE in READ COMMITTED
+ *		would then lock its newest version (now running) before finding it
+ *		no longer claimable, and keep that lock to the end of this
+ *		transaction: the worker running it would wait for this commit to
+ *		mark it finished.
  */
 static ArrayType *
-pgbq_batch_deferred_ids(void)
+pgbq_claim_left_out(Oid roleoid)
 {
-	Datum	   *ids = palloc(Max(1, pgbq_batch_ndeferred) * sizeof(Datum));
+	int64	   *ids = palloc(Max(1, pgbq_batch_ndeferred) * sizeof(int64));
 	int			i;
 
 	for (i = 0; i < pgbq_batch_ndeferred; i++)
-		ids[i] = Int64GetDatum(pgbq_batch_deferred[i].id);
-	return construct_array(ids, pgbq_batch_ndeferred, INT8OID, 8,
-						   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+		ids[i] = pgbq_batch_deferred[i].id;
+	return pgbq_floor_held_ids(MyDatabaseId, roleoid, ids,
+							   pgbq_batch_ndeferred);
 }
 
 /*
