@@ -411,10 +411,12 @@ pgbq_floor_hold_started(int64 id)
  * pgbq_floor_held_ids
  *		The ids every worker of (database, role) lists as held, for the
  *		claim's floor proposal to pass, and for the claim itself to leave
- *		out; after the nextra ids extra.
+ *		out; after the nextra ids extra.  If more than max_held (>= 0) are
+ *		held, none of them: just the extra ids.
  */
 ArrayType *
-pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra)
+pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra,
+					int max_held)
 {
 	Datum	   *ids;
 	int			n = 0;
@@ -437,6 +439,8 @@ pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra)
 			ids[n++] = Int64GetDatum(s->held[j]);
 	}
 	LWLockRelease(pgbq_shared->lock);
+	if (max_held >= 0 && n - nextra > max_held)
+		n = nextra;
 	return construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 						   TYPALIGN_DOUBLE);
 }

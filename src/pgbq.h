@@ -323,7 +323,8 @@ extern void pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
 							const PgbqClaimKey *key);
 extern void pgbq_floor_hold_started(int64 id);
 extern struct ArrayType *pgbq_floor_held_ids(Oid dboid, Oid roleoid,
-												const int64 *extra, int nextra);
+												const int64 *extra, int nextra,
+												int max_held);
 
 /* ---------------------------------------------------------------------
  * Workflows (workflow.c): paused topics

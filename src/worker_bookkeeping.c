@@ -102,6 +102,9 @@ typedef struct PgbqDeferredFinish
 
 static ArrayType *pgbq_claim_left_out(Oid roleoid);
 
+/* Held rows of other workers a claim leaves out, at most (see there). */
+#define PGBQ_CLAIM_LEFT_OUT_HELD	16
+
 static PgbqDeferredFinish *pgbq_batch_deferred = NULL;
 static int	pgbq_batch_ndeferred = 0;
 static int	pgbq_batch_maxdeferred = 0;
@@ -360,7 +363,7 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 	args[2] = TimestampTzGetDatum(start->next_run_at);
 	args[3] = Int64GetDatum(start->id);
 	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid,
-													  NULL, 0));
+													  NULL, 0, -1));
 	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
@@ -973,7 +976,10 @@ pgbq_batch_defer_finish(const PgbqTask *task)
  *		would then lock its newest version (now running) before finding it
  *		no longer claimable, and keep that lock to the end of this
  *		transaction: the worker running it would wait for this commit to
- *		mark it finished.
+ *		mark it finished.  Not when workers hold more than
+ *		PGBQ_CLAIM_LEFT_OUT_HELD rows (batches): the claim compares every
+ *		row it reads with every id, and their claims, committed together at
+ *		a batch's end, seldom meet that case.
  */
 static ArrayType *
 pgbq_claim_left_out(Oid roleoid)
@@ -984,7 +990,7 @@ pgbq_claim_left_out(Oid roleoid)
 	for (i = 0; i < pgbq_batch_ndeferred; i++)
 		ids[i] = pgbq_batch_deferred[i].id;
 	return pgbq_floor_held_ids(MyDatabaseId, roleoid, ids,
-							   pgbq_batch_ndeferred);
+							   pgbq_batch_ndeferred, PGBQ_CLAIM_LEFT_OUT_HELD);
 }
 
 /*
