@@ -1,8 +1,8 @@
 # pg_background_queue: PGXS build
 EXTENSION = pg_background_queue
 # = default_version in the control file; META.json carries it as a semantic version
-# (1.4 -> 1.4.0). make check-meta (run by CI) verifies they all agree.
-EXTVERSION = 1.4
+# (1.5 -> 1.5.0). make check-meta (run by CI) verifies they all agree.
+EXTVERSION = 1.5
 MODULE_big = pg_background_queue
 OBJS = \
 	pg_background_queue.o \

@@ -8,6 +8,12 @@ SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull
  WHERE attrelid = 'pg_background_tasks'::regclass AND attnum > 0 AND NOT attisdropped
  ORDER BY attnum;
 
+-- its indexes; the two that every task appends to do not deduplicate (1.5)
+SELECT c.relname, i.indisunique, c.reloptions
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'pg_background_tasks'::regclass
+ ORDER BY 1;
+
 -- one- and two-argument calls of the contract keep working
 SELECT pg_background_enqueue('SELECT 1') AS id1 \gset
 SELECT pg_background_enqueue('SELECT 2', 'reports') AS id2 \gset

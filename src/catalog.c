@@ -485,7 +485,8 @@ pgbq_send_held(void)
 
 /*
  * pgbq_notify_reserve
- *		Room in pgbq_pending for n more (allocated outside any spinlock).
+ *		Room in pgbq_pending for n more (allocated outside any spinlock:
+ *		pgbq_notify_take fills it under one).
  */
 static void
 pgbq_notify_reserve(int n)
@@ -667,16 +668,7 @@ pgbq_notify_terminal(int64 task_id, const char *state)
 		return;
 	}
 	if (pgbq_npending == pgbq_maxpending)
-	{
-		int			newmax = Max(8, pgbq_maxpending * 2);
-
-		if (pgbq_pending == NULL)
-			pgbq_pending = MemoryContextAlloc(TopMemoryContext,
-											  newmax * sizeof(PgbqSharedNotify));
-		else
-			pgbq_pending = repalloc(pgbq_pending, newmax * sizeof(PgbqSharedNotify));
-		pgbq_maxpending = newmax;
-	}
+		pgbq_notify_reserve(Max(8, pgbq_maxpending));	/* doubles the room */
 	pgbq_pending[pgbq_npending].dboid = MyDatabaseId;
 	pgbq_pending[pgbq_npending].task_id = task_id;
 	strlcpy(pgbq_pending[pgbq_npending].state, state,

@@ -235,7 +235,7 @@ def test_tasks_queued_under_1_0_run_after_update(make_cluster: MakeCluster) -> N
         "WHERE name = 'pg_background_queue') FROM pg_extension "
         "WHERE extname = 'pg_background_queue'",
     )
-    assert scalar(node, EXTVERSION) == "1.4"
+    assert scalar(node, EXTVERSION) == "1.5"
 
     set_config(node, max_parallel_running_tasks_count=BUSY)
     rows = wait_tasks(node, ids, timeout=30)

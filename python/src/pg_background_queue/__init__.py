@@ -29,7 +29,7 @@ from pg_background_queue.models import (
     Worker,
 )
 
-__version__ = "1.4.0"
+__version__ = "1.5.0"
 
 __all__ = [
     "AsyncClient",
