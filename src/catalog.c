@@ -436,9 +436,9 @@ pgbq_forget_notifications_since(int n)
 /*
  * pgbq_send_held
  *		Send the held notifications in a short transaction of their own.  A
- *		failure (say, a full notification
- *		queue because a listener stopped reading) loses them with a WARNING:
- *		the task's outcome is committed, and listeners poll as a fallback.
+ *		failure (say, a full notification queue because a listener stopped
+ *		reading) loses them with a WARNING: the tasks' outcomes are
+ *		committed, and listeners poll as a fallback.
  *
  *		That transaction commits without waiting for its WAL flush
  *		(synchronous_commit off): notifications do not survive a crash
@@ -481,7 +481,6 @@ pgbq_send_held(void)
 	PG_END_TRY();
 	MemoryContextSwitchTo(oldcontext);
 }
-
 
 /*
  * pgbq_notify_reserve

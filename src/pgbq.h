@@ -230,8 +230,8 @@ typedef struct PgbqFloor
 
 /*
  * Notifications task workers share (catalog.c): after its commit, a worker
- * leaves its tasks' notifications here, and the first worker of the
- * database to find no flusher at work sends everyone's in one transaction.
+ * leaves its tasks' notifications here while a worker of its database (the
+ * flusher) sends everyone's; one that finds no flusher at work becomes it.
  */
 #define PGBQ_NOTIFY_BUFFER		64	/* entries, all databases */
 #define PGBQ_NOTIFY_FLUSHERS	16	/* databases flushing at once */

@@ -169,7 +169,8 @@ pgbq_sql_insert_workflow(const char *qualified_table,
  *		Lock the first claimable task of a role ($1) due by $2, outside the
  *		topics $3, starting at the claim floor ($4, $5, $6; see
  *		claim_floor.c), a bound of the claim index scan, but for the tasks
- *		$7 (those a batch ran, whose finished marks wait for its end).  Returns its id,
+ *		$7 (those a batch ran, whose finished marks wait for its end, and
+ *		rows other workers hold: pgbq_claim_left_out).  Returns its id,
  *		topic, state, claim key, SQL, whether it has a dedupe key and the
  *		locked row version (a batch's finish checks that it is unchanged).
  */

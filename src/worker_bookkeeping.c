@@ -432,7 +432,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 	Oid			roleoid = pgbq_shared->slots[pgbq_slotno].roleoid;
 	PgbqClaimKey start;
 	uint64		epoch = 0;
-	Datum		ran;
+	Datum		left_out;
 
 	*wait_until = 0;
 	*blocked = false;
@@ -455,7 +455,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 	 * The same for every round: no task of the batch ends in between, and
 	 * a row held then and let go since is one this claim may skip.
 	 */
-	ran = PointerGetDatum(pgbq_claim_left_out(roleoid));
+	left_out = PointerGetDatum(pgbq_claim_left_out(roleoid));
 
 	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
 	{
@@ -480,7 +480,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 		args[3] = Int32GetDatum(start.priority);
 		args[4] = TimestampTzGetDatum(start.next_run_at);
 		args[5] = Int64GetDatum(start.id);
-		args[6] = ran;
+		args[6] = left_out;
 		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
