@@ -179,6 +179,9 @@ typedef struct PgbqPinnedSetting
 	int			pinned;			/* the variable's value when pinned */
 } PgbqPinnedSetting;
 
+/* A planner switch, pinned on; its variable bears the parameter's name. */
+#define PGBQ_PIN_PLANNER_SWITCH(var) {#var, "on", &var, true, true}
+
 static const PgbqPinnedSetting pgbq_bookkeeping_settings[] = {
 	{"statement_timeout", "0", &StatementTimeout, false, 0},
 	{"lock_timeout", "0", &LockTimeout, false, 0},
@@ -197,19 +200,19 @@ static const PgbqPinnedSetting pgbq_bookkeeping_settings[] = {
 	false, 0},
 	{"force_parallel_mode", "off", PGBQ_FORCE_PARALLEL_MODE_VAR, false, 0},
 	{"debug_parallel_query", "off", PGBQ_DEBUG_PARALLEL_QUERY_VAR, false, 0},
-	{"enable_bitmapscan", "on", &enable_bitmapscan, true, true},
-	{"enable_hashagg", "on", &enable_hashagg, true, true},
-	{"enable_hashjoin", "on", &enable_hashjoin, true, true},
-	{"enable_incremental_sort", "on", &enable_incremental_sort, true, true},
-	{"enable_indexonlyscan", "on", &enable_indexonlyscan, true, true},
-	{"enable_indexscan", "on", &enable_indexscan, true, true},
-	{"enable_material", "on", &enable_material, true, true},
-	{"enable_memoize", "on", &enable_memoize, true, true},
-	{"enable_mergejoin", "on", &enable_mergejoin, true, true},
-	{"enable_nestloop", "on", &enable_nestloop, true, true},
-	{"enable_seqscan", "on", &enable_seqscan, true, true},
-	{"enable_sort", "on", &enable_sort, true, true},
-	{"enable_tidscan", "on", &enable_tidscan, true, true},
+	PGBQ_PIN_PLANNER_SWITCH(enable_bitmapscan),
+	PGBQ_PIN_PLANNER_SWITCH(enable_hashagg),
+	PGBQ_PIN_PLANNER_SWITCH(enable_hashjoin),
+	PGBQ_PIN_PLANNER_SWITCH(enable_incremental_sort),
+	PGBQ_PIN_PLANNER_SWITCH(enable_indexonlyscan),
+	PGBQ_PIN_PLANNER_SWITCH(enable_indexscan),
+	PGBQ_PIN_PLANNER_SWITCH(enable_material),
+	PGBQ_PIN_PLANNER_SWITCH(enable_memoize),
+	PGBQ_PIN_PLANNER_SWITCH(enable_mergejoin),
+	PGBQ_PIN_PLANNER_SWITCH(enable_nestloop),
+	PGBQ_PIN_PLANNER_SWITCH(enable_seqscan),
+	PGBQ_PIN_PLANNER_SWITCH(enable_sort),
+	PGBQ_PIN_PLANNER_SWITCH(enable_tidscan),
 };
 
 /*
