@@ -794,7 +794,11 @@ pgbq_launcher_main(Datum main_arg)
 		rescan = pgbq_shared->rescan_requested;
 		LWLockRelease(pgbq_shared->lock);
 		if (rescan)
+		{
 			pgbq_scan_databases();
+			/* its catalog reads, counted now rather than at our exit */
+			(void) pgstat_report_stat(true);
+		}
 
 		next_due = pgbq_schedule_maintenance(now);
 		t = pgbq_schedule_task_workers(now);

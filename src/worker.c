@@ -69,6 +69,14 @@
  * snapshot is not one to claim with); the worker claims in a transaction
  * of its own instead.
  *
+ * Statistics: the worker flushes its cumulative statistics (the tasks' and
+ * its own table, database, WAL and I/O counters) between tasks, which
+ * PostgreSQL limits to once a second, and before it sleeps, coming back
+ * within PGBQ_STATS_RETRY_MS for what could not go yet; a client backend
+ * does the same when it goes idle.  Autovacuum decides from these counters:
+ * kept until the worker exits, the rows its tasks updated or deleted and
+ * the queue's own dead versions would go unseen while it is busy.
+ *
  * Shutdown: while a task runs, SIGTERM interrupts it (see above); during
  * bookkeeping it interrupts a wait for a heavyweight lock (the bookkeeping
  * tick looks for one), so a worker never outlives a shutdown behind
@@ -766,6 +774,8 @@ pgbq_task_loop(void)
 			if (task->topic)
 				pfree(task->topic);
 			pfree(task);
+			/* at most once a second; what is left goes when we are idle */
+			(void) pgstat_report_stat(false);
 			idle_since = GetCurrentTimestamp();
 			continue;
 		}
@@ -811,6 +821,9 @@ pgbq_task_loop(void)
 		if (wait_until != 0 && wait_until < deadline)
 			deadline = wait_until;
 		timeout_ms = (long) ((deadline - now + 999) / 1000);
+		/* counters flushed too recently to go now: come back for them */
+		if (pgstat_report_stat(false) != 0)
+			timeout_ms = Min(timeout_ms, PGBQ_STATS_RETRY_MS);
 		LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 		me->wake_at = wait_until;
 		me->asleep = true;

@@ -35,6 +35,13 @@
  */
 #define PGBQ_SHUTDOWN_LOCK_GRACE_MS	5000
 
+/*
+ * An idle worker whose statistics could not all be flushed (PostgreSQL
+ * flushes a process's at most once a second: PGSTAT_MIN_INTERVAL) wakes
+ * after this long to flush them.
+ */
+#define PGBQ_STATS_RETRY_MS			1000
+
 /* A claimed task, copied out of the claim transaction. */
 typedef struct PgbqTask
 {
