@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pg_background_queue.bench import REGIMES, Sizes, parse_regimes, run
-from pg_background_queue.bench.runner import our_log_bytes
+from pg_background_queue.bench.report import markdown
+from pg_background_queue.bench.runner import Results, _reload_summary, our_log_bytes
 from pg_background_queue.cli import main
 
 # the benchmark tool and the packages are the same whatever the server: once per matrix run
@@ -68,6 +69,8 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
     for change in reload.values():
         assert change["tasks_after_reload"] > 0
         assert change["fresh"] > 0
+        assert len(change["rounds"]) == 1  # quick: one round
+        assert change["ratio"] == change["ours"] / change["fresh"]
     assert re.search(rf"\| reload {w}->{w // 2} workers: .* \| [0-9.]+ x", report)
 
     lat = res.latency_ms
@@ -160,3 +163,29 @@ def test_log_volume_counts_only_our_processes_lines() -> None:
     maintenance = "2026-12-04 19:45:04.000 GMT [79] pg_background_queue maintenance LOG:  x\n"
     assert our_log_bytes(theirs) == 0
     assert our_log_bytes(ours + theirs + maintenance) == len(ours) + len(maintenance)
+
+
+def test_reload_rounds_report_the_median_round_and_the_spread() -> None:
+    """Three interleaved rounds of the reload regime: the summary is the median round's
+    ratio (not the mean, not the last round), the range beside it, every round listed."""
+    rounds = [
+        {"tasks_after_reload": 900, "seconds_after_reload": 1.0, "ours": 900.0, "fresh": 1000.0},
+        {"tasks_after_reload": 800, "seconds_after_reload": 1.0, "ours": 800.0, "fresh": 1000.0},
+        {"tasks_after_reload": 990, "seconds_after_reload": 1.0, "ours": 990.0, "fresh": 1000.0},
+    ]
+    r = _reload_summary(8, 4, rounds)
+    assert (r["before"], r["after"]) == (8, 4)
+    assert r["ratio"] == pytest.approx(0.9)
+    assert r["ours"] == 900.0
+    assert (r["min"], r["max"]) == (pytest.approx(0.8), pytest.approx(0.99))
+    assert [x["ratio"] for x in r["rounds"]] == pytest.approx([0.9, 0.8, 0.99])
+
+    res = Results(regimes_run=["reload"], regime_workers=8, regimes={"reload": {"8->4": r}})
+    text = markdown(res, Sizes())
+    assert re.search(
+        r"\| reload 8->4 workers: .* \| 0\.90 x \(900 vs 1,000 tasks/s, 1\.0 s after the "
+        r"reload; median of 3 interleaved rounds, 0\.80-0\.99\) \| met \|",
+        text,
+    )
+    assert "| 8->4 | 2 | 800 | 800 | 1,000 | 0.80 |" in text
+    assert "| 8->4 | median | | | | 0.90 |" in text

@@ -20,7 +20,7 @@ from core_helpers import enqueue_copies, query, scalar, wait_tasks, worker_pids
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 
-@pytest.fixture()
+@pytest.fixture
 def node() -> Iterator[Any]:
     n = make_node(
         extra_conf={
@@ -34,8 +34,9 @@ def node() -> Iterator[Any]:
     query(n, "INSERT INTO counted VALUES (1, 0)")
     # the insert's own counters are flushed when this session ends
     poll_until(
-        lambda: scalar(n, "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'counted'")
-        == 1,
+        lambda: (
+            scalar(n, "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'counted'") == 1
+        ),
         timeout=30,
         message="the setup's insert is not counted",
     )

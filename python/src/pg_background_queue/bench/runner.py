@@ -94,7 +94,8 @@ class Sizes:
     reload_tasks: int = 20_000
     #: how long to wait for autovacuum after the held snapshot is released (then VACUUM)
     autovacuum_wait: float = 150.0
-    #: interleaved rounds (ceiling, then ours) of the durable and CPU-bound ratios
+    #: interleaved rounds (ceiling, then ours) of the durable and CPU-bound ratios, and of
+    #: the reload regime (reload, then a fresh start, the order alternating)
     rounds: int = 3
 
     @classmethod
@@ -381,7 +382,7 @@ class Bench:
     def table_sizes(self) -> dict[str, dict[str, int]]:
         """Heap and index bytes, live and dead tuples (and free heap space, in bytes) of each
         of the extension's tables: exact, from pgstattuple, when the server has it, else the
-        statistics counters (which lag behind the workers)."""
+        statistics counters (which workers flush at most once a second)."""
         rows = self.conn.execute(
             "SELECT c.oid::regclass::text, c.relname::text, pg_relation_size(c.oid), "
             "pg_indexes_size(c.oid), coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0) "
@@ -509,8 +510,7 @@ class Bench:
 
     def reload_change(self, before: int, after: int, tasks: int) -> dict[str, Any]:
         """Change max_parallel_running_tasks_count from ``before`` to ``after`` by reload while
-        the pool is busy; throughput of the tasks finished after the reload, against a fresh
-        start at ``after`` workers."""
+        the pool is busy; throughput of the tasks finished after the reload."""
         self.reset()
         self.set_workers(before)
         warm = max(1, tasks // 2)
@@ -525,13 +525,26 @@ class Bench:
         done_after = int(
             self.scalar("SELECT count(*) FROM bench_sink WHERE at > to_timestamp(%s)", (t_reload,))
         )
-        ours = done_after / (t1 - t_reload)
-        fresh = self.throughput(after, tasks)
         return {
-            "before": before, "after": after, "tasks_after_reload": done_after,
-            "seconds_after_reload": t1 - t_reload, "ours": ours, "fresh": fresh,
-            "ratio": ours / fresh,
+            "tasks_after_reload": done_after, "seconds_after_reload": t1 - t_reload,
+            "ours": done_after / (t1 - t_reload),
         }  # fmt: skip
+
+    def reload_rounds(self, before: int, after: int, tasks: int, rounds: int) -> dict[str, Any]:
+        """``rounds`` interleaved pairs of :meth:`reload_change` and a fresh start (cold pool)
+        at ``after`` workers with the same number of tasks, the order alternating from round
+        to round (so that neither side always runs in the wake of the other); the ratio is
+        the median of the rounds' ratios, with the median round's figures beside it."""
+        runs: list[dict[str, Any]] = []
+        for i in range(rounds):
+            if i % 2 == 0:
+                run = self.reload_change(before, after, tasks)
+                run["fresh"] = self.throughput(after, tasks)
+            else:
+                fresh = self.throughput(after, tasks)
+                run = {**self.reload_change(before, after, tasks), "fresh": fresh}
+            runs.append(run)
+        return _reload_summary(before, after, runs)
 
     def batched(self, workers: int, tasks: int, ceiling: float) -> dict[str, Any]:
         """A topic with ``tasks_per_commit``; "not supported" if the extension rejects it.
@@ -619,6 +632,17 @@ def _rounds_summary(workers: int, tasks: int, pairs: list[tuple[float, float]]) 
         "ours": statistics.median(p[0] for p in pairs),
         "ceiling": statistics.median(p[1] for p in pairs),
         "ratio": statistics.median(ratios), "min": ratios[0], "max": ratios[-1],
+    }  # fmt: skip
+
+
+def _reload_summary(before: int, after: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of the reload regime (each: tasks and seconds after the reload, ours, fresh):
+    each round's ratio, the median round's figures, and the ratios' range."""
+    runs = [{**r, "ratio": r["ours"] / r["fresh"]} for r in runs]
+    ranked = sorted(runs, key=lambda r: float(r["ratio"]))
+    return {
+        "before": before, "after": after, **ranked[(len(ranked) - 1) // 2],
+        "rounds": runs, "min": ranked[0]["ratio"], "max": ranked[-1]["ratio"],
     }  # fmt: skip
 
 
@@ -764,8 +788,12 @@ def run(
                 changes: dict[str, Any] = {}
                 for a, b in ((w, low), (low, w)):
                     say(f"reload: max_parallel_running_tasks_count {a} -> {b}")
-                    changes[f"{a}->{b}"] = bench.reload_change(a, b, sizes.reload_tasks)
-                    say(f"  {changes[f'{a}->{b}']['ratio']:.2f} x a fresh start at {b}")
+                    r = bench.reload_rounds(a, b, sizes.reload_tasks, sizes.rounds)
+                    changes[f"{a}->{b}"] = r
+                    say(
+                        f"  {r['ratio']:.2f} x a fresh start at {b} "
+                        f"(rounds {r['min']:.2f}-{r['max']:.2f})"
+                    )
                 res.regimes["reload"] = changes
             if "latency" in chosen:
                 say("pickup latency")
