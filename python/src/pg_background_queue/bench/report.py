@@ -178,6 +178,19 @@ def _not_run(title: str, regime: str) -> list[str]:
     return [f"## {title}", "", f"Not run (regime `{regime}` not selected).", ""]
 
 
+def _reload_rows(change: str, r: dict[str, Any]) -> list[str]:
+    """One change of the reload regime: a row per round, then the median if several."""
+    rounds = r.get("rounds", [r])
+    rows = [
+        f"| {change} | {i} | {x['tasks_after_reload']:,} | {x['ours']:,.0f} "
+        f"| {x['fresh']:,.0f} | {x['ratio']:.2f} |"
+        for i, x in enumerate(rounds, start=1)
+    ]
+    if len(rounds) > 1:
+        rows.append(f"| {change} | median | | | | {r['ratio']:.2f} |")
+    return rows
+
+
 def sections(res: Results, sizes: Sizes) -> list[str]:
     """The detail of every regime, each beside its same-run baseline."""
     w = sizes.regime_workers
@@ -272,17 +285,7 @@ def sections(res: Results, sizes: Sizes) -> list[str]:
             "",
             "| change | round | tasks after reload | tasks/s after | fresh start | ratio |",
             "|---|---:|---:|---:|---:|---:|",
-            *(
-                f"| {k} | {i} | {x['tasks_after_reload']:,} | {x['ours']:,.0f} "
-                f"| {x['fresh']:,.0f} | {x['ratio']:.2f} |"
-                for k, r in reg["reload"].items()
-                for i, x in enumerate(r.get("rounds", [r]), start=1)
-            ),
-            *(
-                f"| {k} | median | | | | {r['ratio']:.2f} |"
-                for k, r in reg["reload"].items()
-                if len(r.get("rounds", ())) > 1
-            ),
+            *(line for k, r in reg["reload"].items() for line in _reload_rows(k, r)),
             "",
         ]
     lat = res.latency_ms
