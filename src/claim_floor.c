@@ -104,6 +104,9 @@ static PgbqStateOids pgbq_state_oids = {InvalidOid};
 /* A claim from the front of the index at least this often per role. */
 #define PGBQ_FLOOR_FRONT_SCAN_MS	1000
 
+/* The widest id span pgbq_floor_span_settled answers (bits of a uint64). */
+#define PGBQ_FLOOR_SPAN			64
+
 /* Roles whose floor one transaction can lower before lowering them all. */
 #define PGBQ_FLOOR_PENDING_ROLES	16
 
@@ -336,11 +339,14 @@ pgbq_floor_register_callbacks(void)
 /*
  * pgbq_floor_publish_held
  *		Copy the ids of the rows held, from entry from on, to our slot's
- *		list.  Nothing if the slot is no longer ours (the worker is on its
- *		way out: its list was emptied).
+ *		list, and a row just committed started (if not 0) to its
+ *		started_id, in one critical section: such a row goes from the one
+ *		list to the other without a moment in neither.  Nothing if the slot
+ *		is no longer ours (the worker is on its way out: its list was
+ *		emptied).
  */
 static void
-pgbq_floor_publish_held(int from)
+pgbq_floor_publish_held(int from, int64 started)
 {
 	PgbqSlot   *s;
 	int			i;
@@ -354,6 +360,8 @@ pgbq_floor_publish_held(int from)
 		for (i = from; i < pgbq_floor_nheld; i++)
 			s->held[i] = pgbq_floor_held[i].key.id;
 		s->nheld = pgbq_floor_nheld;
+		if (started != 0)
+			s->started_id = started;
 	}
 	LWLockRelease(pgbq_shared->lock);
 }
@@ -387,7 +395,7 @@ pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
 	h->key = *key;
 	h->locked_in = GetCurrentSubTransactionId();
 	h->started_in = InvalidSubTransactionId;
-	pgbq_floor_publish_held(pgbq_floor_nheld - 1);
+	pgbq_floor_publish_held(pgbq_floor_nheld - 1, 0);
 }
 
 /*
@@ -405,6 +413,73 @@ pgbq_floor_hold_started(int64 id)
 		if (pgbq_floor_held[i].key.id == id &&
 			pgbq_floor_held[i].started_in == InvalidSubTransactionId)
 			pgbq_floor_held[i].started_in = GetCurrentSubTransactionId();
+}
+
+/*
+ * pgbq_floor_span_settled
+ *		Whether the floor check after a claim (pgbq_floor_propose) would
+ *		propose found itself: whether no row of (database, role) with a
+ *		claim key in [start, found) is claimable and not held.  Answered
+ *		from the slots alone, and only when that is certain: start and found
+ *		share priority and next_run_at and lie at most PGBQ_FLOOR_SPAN ids
+ *		apart, so that the only keys in between are those of the ids in
+ *		between, and a worker of the role lists every one of those ids as
+ *		held (what the check leaves out) or as its started_id.  Otherwise
+ *		(false) the caller runs the check.
+ *
+ *		A started_id is a row that a worker's committed transaction marked
+ *		running or finished; the worker clears it, under the same lock,
+ *		before any transaction of its own that could make the row claimable
+ *		again commits (a give-back, a failed attempt: pgbq_slot_finish_task
+ *		runs before their commit).  A row rolled back to claimable was never
+ *		a started_id (only commits set it).  What no worker announces is an
+ *		administrator's UPDATE of a running row back to pending with its
+ *		old next_run_at: a floor proposed past it meanwhile is caught by the
+ *		front scan (PGBQ_FLOOR_FRONT_SCAN_MS), as for a disabled trigger.
+ *
+ *		With workers claiming consecutive ids, the rows between the floor
+ *		and the next claimable row are those the other workers claimed just
+ *		before, held or running: the usual claim skips the check's index
+ *		scan (about a tenth of a worker's CPU per task at 8 workers).
+ */
+bool
+pgbq_floor_span_settled(Oid dboid, Oid roleoid, const PgbqClaimKey *start,
+						const PgbqClaimKey *found)
+{
+	uint64		seen = 0;
+	uint64		want;
+	int64		span = found->id - start->id;
+	int			i;
+
+	if (start->priority != found->priority ||
+		start->next_run_at != found->next_run_at ||
+		span < 0 || span > PGBQ_FLOOR_SPAN)
+		return false;
+	if (span == 0)
+		return true;			/* nothing lies in [found, found) */
+	want = (span == 64) ? ~UINT64CONST(0) : (UINT64CONST(1) << span) - 1;
+	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
+	for (i = 0; i < pgbq_shared->nslots && seen != want; i++)
+	{
+		PgbqSlot   *s = &pgbq_shared->slots[i];
+		int			j;
+		int64		d;
+
+		if (s->state == PGBQ_SLOT_FREE || s->kind != PGBQ_KIND_TASK ||
+			s->dboid != dboid || s->roleoid != roleoid)
+			continue;
+		for (j = 0; j < s->nheld; j++)
+		{
+			d = s->held[j] - start->id;
+			if (d >= 0 && d < span)
+				seen |= UINT64CONST(1) << d;
+		}
+		d = s->started_id - start->id;
+		if (s->started_id != 0 && d >= 0 && d < span)
+			seen |= UINT64CONST(1) << d;
+	}
+	LWLockRelease(pgbq_shared->lock);
+	return seen == want;
 }
 
 /*
@@ -461,6 +536,7 @@ pgbq_floor_let_go(bool committed, SubTransactionId sub)
 	PgbqClaimKey low;
 	bool		lower = false;
 	int			kept = 0;
+	int64		started = 0;
 	int			i;
 
 	for (i = 0; i < pgbq_floor_nheld; i++)
@@ -481,6 +557,8 @@ pgbq_floor_let_go(bool committed, SubTransactionId sub)
 		{
 			goes = true;
 			claimable = !committed || h->started_in == InvalidSubTransactionId;
+			if (!claimable)
+				started = h->key.id;
 		}
 		if (claimable && (!lower || pgbq_claim_key_cmp(&h->key, &low) < 0))
 		{
@@ -493,7 +571,7 @@ pgbq_floor_let_go(bool committed, SubTransactionId sub)
 	if (kept == pgbq_floor_nheld)
 		return;
 	pgbq_floor_nheld = kept;
-	pgbq_floor_publish_held(0);	/* the kept ones may have moved */
+	pgbq_floor_publish_held(0, started);	/* the kept ones may have moved */
 	if (lower)
 		pgbq_floor_lower(MyDatabaseId, pgbq_floor_held_role,
 						 pgbq_floor_held_table, &low);

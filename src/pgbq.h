@@ -170,6 +170,11 @@ typedef struct PgbqSlot
 												 * transaction locked in claims
 												 * (claim_floor.c); written by
 												 * the worker only */
+	int64		started_id;		/* a row the worker's last commit marked
+								 * running or finished, until its task is
+								 * given back or fails (claim_floor.c:
+								 * pgbq_floor_span_settled); 0: none;
+								 * written by the worker only */
 } PgbqSlot;
 
 typedef struct PgbqDemand
@@ -322,6 +327,9 @@ extern void pgbq_floor_advance(Oid dboid, Oid roleoid, Oid table_oid,
 extern void pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
 							const PgbqClaimKey *key);
 extern void pgbq_floor_hold_started(int64 id);
+extern bool pgbq_floor_span_settled(Oid dboid, Oid roleoid,
+									const PgbqClaimKey *start,
+									const PgbqClaimKey *found);
 extern struct ArrayType *pgbq_floor_held_ids(Oid dboid, Oid roleoid,
 												const int64 *extra, int nextra,
 												int max_held);

@@ -533,6 +533,8 @@ pgbq_slot_finish_task(int slotno)
 			me->tasks_done++;
 	}
 	me->task_id = 0;
+	/* before the row can be claimable again: a give-back, a failed attempt */
+	me->started_id = 0;
 	me->cancel_requested = false;
 	pgbq_wake_capacity_waiters();
 	launcher = pgbq_shared->unmet_demand ? pgbq_shared->launcher_latch : NULL;

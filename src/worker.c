@@ -170,6 +170,7 @@ pgbq_worker_detach(int code, Datum arg)
 		s->latch = NULL;
 		s->task_id = 0;
 		s->nheld = 0;
+		s->started_id = 0;
 		s->exit_reasons = 0;
 		s->waiting_capacity = false;
 		s->cancel_requested = false;

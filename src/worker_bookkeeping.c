@@ -348,7 +348,8 @@ pgbq_text_array(List *topics)
  *		held-back topic, locked by a claim not listed yet), or found itself,
  *		as the role's new claim floor.  The check reads the first such row
  *		from start on, in a snapshot taken after the claim: one before found
- *		is the proposal.
+ *		is the proposal.  When the slots show that no such row can lie in
+ *		between (pgbq_floor_span_settled), found is proposed without it.
  */
 static void
 pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
@@ -358,6 +359,12 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 	PgbqClaimKey proposal = *found;
 	int			rc;
 
+	if (pgbq_floor_span_settled(MyDatabaseId, roleoid, start, found))
+	{
+		pgbq_floor_advance(MyDatabaseId, roleoid, pgbq_cat.table_oid, epoch,
+						   &proposal);
+		return;
+	}
 	args[0] = ObjectIdGetDatum(roleoid);
 	args[1] = Int32GetDatum(start->priority);
 	args[2] = TimestampTzGetDatum(start->next_run_at);

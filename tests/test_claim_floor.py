@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from core_helpers import enqueue, enqueue_copies, query, scalar, wait_tasks
+from core_helpers import connect, enqueue, enqueue_copies, query, scalar, task, wait_tasks
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 #: Tasks of the background stream, and how long each runs (s).
@@ -140,6 +140,38 @@ def test_delayed_task_behind_floor_runs_when_due(node: Any) -> None:
     ids = stream(node, "delay")
     wait_tasks(node, [delayed, *ids])
     assert_claimed_next(node, delayed, ids, task_due(node, delayed), "was due")
+
+
+def test_paused_task_among_same_key_rows_runs_next_when_resumed(node: Any) -> None:
+    """Tasks enqueued in one transaction share priority and next_run_at, so their claim keys
+    differ in the id alone, and a claim may skip the floor check when the slots list every id
+    between the floor and the claimed row (pgbq_floor_span_settled). A task of a paused topic
+    among them is in that id span but neither held nor started: the floor must stay at it,
+    and it runs first once its topic is resumed."""
+    assert scalar(node, "SELECT pg_background_queue_pause('floor_paused')") is True
+    try:
+        with connect(node) as conn, conn.transaction():
+            ids = [
+                int(
+                    conn.execute(
+                        "SELECT pg_background_enqueue(%s, %s, 5) AS id",
+                        (sql, topic),
+                    ).fetchone()["id"]  # type: ignore[index]
+                )
+                for sql, topic in [
+                    *((f"SELECT pg_sleep({STEP}) /* span {i} */", None) for i in range(3)),
+                    ("SELECT 4 /* paused */", "floor_paused"),
+                    *((f"SELECT pg_sleep({STEP}) /* span {i} */", None) for i in range(3, STREAM)),
+                ]
+            ]
+        paused = ids.pop(3)
+        # the claims have passed the paused task's id
+        wait_started(node, ids, 6)
+        assert task(node, paused)["state"] == "pending"
+    finally:
+        assert scalar(node, "SELECT pg_background_queue_resume('floor_paused')") is True
+    resumed = scalar(node, "SELECT clock_timestamp()")
+    assert_claimed_next(node, paused, ids, resumed, "was resumed")
 
 
 def task_due(node: Any, task_id: int) -> Any:
