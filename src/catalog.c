@@ -745,6 +745,8 @@ pgbq_record_attempt_failure(const PgbqCatalog *cat, int64 task_id,
 
 	if (strcmp(state, "retrying") != 0)
 		pgbq_notify_terminal(task_id, state);
+	else
+		pgbq_floor_hold_unstarted(task_id);
 }
 
 /*

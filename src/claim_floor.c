@@ -30,11 +30,12 @@
  *	  and proposes as the new floor the first row still claimable in its
  *	  snapshot between the old floor and R that no slot lists as held (rows
  *	  delayed until later, rows of held-back topics, rows locked by a claim
- *	  not listed yet), or R itself.  A row its snapshot could not see
- *	  committed after the epoch was read, so its lowering is in the floor's
- *	  ring of recent lowerings: the floor becomes the minimum of the
- *	  proposal and every lowering since the epoch read.  If the ring no
- *	  longer covers them all, the floor is left as it is.
+ *	  not listed yet), or R itself (pgbq_floor_span_settled answers that
+ *	  from the slots alone when it can: see there).  A row its snapshot
+ *	  could not see committed after the epoch was read, so its lowering is
+ *	  in the floor's ring of recent lowerings: the floor becomes the minimum
+ *	  of the proposal and every lowering since the epoch read.  If the ring
+ *	  no longer covers them all, the floor is left as it is.
  *
  *	- letting go (pgbq_floor_hold): a worker lists every row its claims lock
  *	  (after the claim query returned it, so a row not listed yet holds a
@@ -416,6 +417,23 @@ pgbq_floor_hold_started(int64 id)
 }
 
 /*
+ * pgbq_floor_hold_unstarted
+ *		The held row id, marked running in this transaction, failed an
+ *		attempt in it and is retrying (a task of a batch): claimable again
+ *		once this commits, so not a started row (see pgbq_floor_span_settled);
+ *		its commit lowers the floor to it like a row never marked.
+ */
+void
+pgbq_floor_hold_unstarted(int64 id)
+{
+	int			i;
+
+	for (i = 0; i < pgbq_floor_nheld; i++)
+		if (pgbq_floor_held[i].key.id == id)
+			pgbq_floor_held[i].started_in = InvalidSubTransactionId;
+}
+
+/*
  * pgbq_floor_span_settled
  *		Whether the floor check after a claim (pgbq_floor_propose) would
  *		propose found itself: whether no row of (database, role) with a
@@ -431,8 +449,10 @@ pgbq_floor_hold_started(int64 id)
  *		running or finished; the worker clears it, under the same lock,
  *		before any transaction of its own that could make the row claimable
  *		again commits (a give-back, a failed attempt: pgbq_slot_finish_task
- *		runs before their commit).  A row rolled back to claimable was never
- *		a started_id (only commits set it).  What no worker announces is an
+ *		runs before their commit; a batch's task that failed in the batch's
+ *		transaction is no started row: pgbq_floor_hold_unstarted).  A row
+ *		rolled back to claimable was never a started_id (only commits set
+ *		it).  What no worker announces is an
  *		administrator's UPDATE of a running row back to pending with its
  *		old next_run_at: a floor proposed past it meanwhile is caught by the
  *		front scan (PGBQ_FLOOR_FRONT_SCAN_MS), as for a disabled trigger.

@@ -327,6 +327,7 @@ extern void pgbq_floor_advance(Oid dboid, Oid roleoid, Oid table_oid,
 extern void pgbq_floor_hold(int slotno, Oid roleoid, Oid table_oid,
 							const PgbqClaimKey *key);
 extern void pgbq_floor_hold_started(int64 id);
+extern void pgbq_floor_hold_unstarted(int64 id);
 extern bool pgbq_floor_span_settled(Oid dboid, Oid roleoid,
 									const PgbqClaimKey *start,
 									const PgbqClaimKey *found);

@@ -67,7 +67,8 @@ def wait_started(node: Any, ids: list[int], count: int) -> None:
 
 def blocks_read_once_workers_exit(node: Any, kind: str, name: str) -> int:
     """Blocks of a table or index (kind: "tables" or "indexes") read so far, counted once the
-    workers, which flush their statistics when they exit, are gone."""
+    workers are gone (a worker flushes its statistics at most once a second while it lives,
+    and all of them when it exits)."""
     column, name_column = {
         "tables": ("heap_blks", "relname"),
         "indexes": ("idx_blks", "indexrelname"),
