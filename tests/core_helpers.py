@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from pg_background_queue.testing.cluster import PollTimeout, conninfo, poll_until, server_log
+from pg_background_queue.testing.cluster import (
+    PollTimeout,
+    conninfo,
+    destroy_node,
+    make_node,
+    poll_until,
+    server_log,
+)
 
 TERMINAL = ("finished", "failed", "cancelled")
+
+
+def worker_node(workers: int, idle_timeout: str = "30s", **conf: str) -> Iterator[Any]:
+    """For a fixture: a node with this many workers, which stay for idle_timeout (so for the
+    whole module, as a rule), and more settings; removed afterwards."""
+    n = make_node(
+        extra_conf={
+            "pg_background_queue.max_parallel_running_tasks_count": workers,
+            "pg_background_queue.worker_idle_timeout": idle_timeout,
+            **conf,
+        }
+    )
+    try:
+        yield n
+    finally:
+        destroy_node(n)
 
 
 def connect(

@@ -14,31 +14,27 @@ from typing import Any
 
 import pytest
 
-from core_helpers import connect, enqueue, enqueue_copies, query, scalar, task, wait_tasks
-from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
+from core_helpers import (
+    connect,
+    enqueue,
+    enqueue_copies,
+    query,
+    scalar,
+    task,
+    wait_tasks,
+    worker_node,
+)
+from pg_background_queue.testing.cluster import poll_until
 
 #: Tasks of the background stream, and how long each runs (s).
 STREAM = 12
 STEP = 0.15
 
 
-def floor_node(workers: int, **conf: str) -> Iterator[Any]:
-    """A node with this many workers that stay for the whole module, and more settings."""
-    n = make_node(
-        extra_conf={
-            "pg_background_queue.max_parallel_running_tasks_count": workers,
-            "pg_background_queue.worker_idle_timeout": "30s",
-            **conf,
-        }
-    )
-    yield n
-    destroy_node(n)
-
-
 @pytest.fixture(scope="module")
 def node() -> Iterator[Any]:
     # one worker: claims happen one after another, in claim order
-    yield from floor_node(1)
+    yield from worker_node(1)
 
 
 def stream(node: Any, tag: str, priority: int = 5) -> list[int]:
@@ -215,7 +211,7 @@ def test_claims_read_a_bounded_part_of_the_claim_index_however_long_the_queue(no
 @pytest.fixture(scope="module")
 def batch_node() -> Iterator[Any]:
     # eight workers, each holding up to 64 claimed rows locked in its batch's transaction
-    yield from floor_node(
+    yield from worker_node(
         8, **{"pg_background_queue.topic_config": '{"batched": {"tasks_per_commit": 64}}'}
     )
 

@@ -16,32 +16,26 @@ from typing import Any
 
 import pytest
 
-from core_helpers import enqueue_copies, query, scalar, wait_tasks, worker_pids
-from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
+from core_helpers import enqueue_copies, query, scalar, wait_tasks, worker_node, worker_pids
+from pg_background_queue.testing.cluster import poll_until
 
 
 @pytest.fixture
 def node() -> Iterator[Any]:
-    n = make_node(
-        extra_conf={
-            "pg_background_queue.max_parallel_running_tasks_count": 1,
-            "pg_background_queue.worker_idle_timeout": "300s",
-            # nothing but the workers touches the counters under test
-            "autovacuum": "off",
-        }
-    )
-    query(n, "CREATE TABLE counted (id int PRIMARY KEY, n int NOT NULL)")
-    query(n, "INSERT INTO counted VALUES (1, 0)")
-    # the insert's own counters are flushed when this session ends
-    poll_until(
-        lambda: (
-            scalar(n, "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'counted'") == 1
-        ),
-        timeout=30,
-        message="the setup's insert is not counted",
-    )
-    yield n
-    destroy_node(n)
+    # one worker that stays; nothing but the workers touches the counters under test
+    for n in worker_node(1, "300s", autovacuum="off"):
+        query(n, "CREATE TABLE counted (id int PRIMARY KEY, n int NOT NULL)")
+        query(n, "INSERT INTO counted VALUES (1, 0)")
+        # the insert's own counters are flushed when this session ends
+        poll_until(
+            lambda node=n: (
+                scalar(node, "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'counted'")
+                == 1
+            ),
+            timeout=30,
+            message="the setup's insert is not counted",
+        )
+        yield n
 
 
 def counters(node: Any) -> dict[str, int]:
