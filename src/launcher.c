@@ -687,9 +687,17 @@ pgbq_schedule_task_workers(TimestampTz now)
 	}
 	pfree(cands);
 
-	/* while demand is unmet, a worker finishing a task wakes us */
+	/*
+	 * While demand is unmet, an idle worker going to sleep wakes us (it may
+	 * be evicted); while a pair waits without any worker, so does a worker
+	 * ending a task (it may be asked to yield).  Not every task's end for
+	 * pairs that have workers: when a role has more work than slots (a
+	 * lowered limit, roles sharing the slots), that woke us for nothing at
+	 * every task, about a tenth of a core.
+	 */
 	LWLockAcquire(pgbq_shared->lock, LW_EXCLUSIVE);
 	pgbq_shared->unmet_demand = unmet;
+	pgbq_shared->hungry_demand = unmet && hungry > 0;
 	LWLockRelease(pgbq_shared->lock);
 	return next_due;
 }

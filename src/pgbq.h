@@ -264,6 +264,11 @@ typedef struct PgbqShared
 	Latch	   *launcher_latch;
 	bool		rescan_requested;	/* maintenance for every database */
 	bool		unmet_demand;	/* launcher waits for a worker to free up */
+	bool		hungry_demand;	/* ... for a pair that has no worker: then a
+								 * task's end wakes it (a running worker may
+								 * be asked to yield); demand of pairs that
+								 * have workers waits for idle ones, which
+								 * wake it when they sleep */
 	int			nslots;
 	PgbqDemand	demands[PGBQ_MAX_DEMANDS];
 	PgbqDatabase databases[PGBQ_MAX_DATABASES];

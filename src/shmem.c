@@ -506,8 +506,8 @@ pgbq_slot_hand_over(int slotno)
 		me->tasks_done++;
 	me->task_id = 0;
 	me->cancel_requested = false;
-	/* as at any task's end: a waiting pair may now ask this worker to yield */
-	launcher = pgbq_shared->unmet_demand ? pgbq_shared->launcher_latch : NULL;
+	/* as at any task's end: a pair waiting without a worker may now ask this one to yield */
+	launcher = pgbq_shared->hungry_demand ? pgbq_shared->launcher_latch : NULL;
 	LWLockRelease(pgbq_shared->lock);
 	if (launcher)
 		SetLatch(launcher);
@@ -537,7 +537,7 @@ pgbq_slot_finish_task(int slotno)
 	me->started_id = 0;
 	me->cancel_requested = false;
 	pgbq_wake_capacity_waiters();
-	launcher = pgbq_shared->unmet_demand ? pgbq_shared->launcher_latch : NULL;
+	launcher = pgbq_shared->hungry_demand ? pgbq_shared->launcher_latch : NULL;
 	LWLockRelease(pgbq_shared->lock);
 	if (launcher)
 		SetLatch(launcher);

@@ -8,6 +8,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -341,9 +342,31 @@ def test_lowering_the_worker_limit_by_reload_retires_the_surplus_workers() -> No
         pending = scalar(
             n, "SELECT count(*) FROM pg_background_tasks WHERE state IN ('pending', 'retrying')"
         )
+        # the surplus announced the work it left, more than the limit lets run: the launcher
+        # must not be woken by every task's end for that (it can do nothing about it)
+        launcher = scalar(
+            n,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_background_queue launcher'",
+        )
+        finished = "SELECT count(*) FROM pg_background_tasks WHERE state = 'finished'"
+        done_before, wakes_before = scalar(n, finished), launcher_wakeups(launcher)
         rows = wait_tasks(n, ids, timeout=120)
+        tasks_meanwhile = len(ids) - done_before
+        wakes = launcher_wakeups(launcher) - wakes_before
         assert {r["state"] for r in rows} == {"finished"}
         assert {r["attempts"] for r in rows} == {1}
         assert pending > 0, "the surplus must leave while work is still queued, not after"
+        assert tasks_meanwhile >= 200
+        assert wakes < tasks_meanwhile / 10, (
+            f"the launcher woke {wakes} times for {tasks_meanwhile} tasks"
+        )
     finally:
         destroy_node(n)
+
+
+def launcher_wakeups(pid: int) -> int:
+    """How often the launcher process has slept and been woken (voluntary context switches)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for the launcher ({pid})")
