@@ -477,6 +477,7 @@ pgbq_floor_span_settled(Oid dboid, Oid roleoid, const PgbqClaimKey *start,
 		return false;
 	if (span == 0)
 		return true;			/* nothing lies in [found, found) */
+	StaticAssertStmt(PGBQ_FLOOR_SPAN <= 64, "the span's ids are bits of a uint64");
 	want = (span == 64) ? ~UINT64CONST(0) : (UINT64CONST(1) << span) - 1;
 	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
 	for (i = 0; i < pgbq_shared->nslots && seen != want; i++)
