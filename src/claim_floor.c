@@ -417,6 +417,18 @@ pgbq_floor_hold_started(int64 id)
 }
 
 /*
+ * pgbq_floor_slot_of
+ *		Whether slot s is a task worker of (database, role), whose held and
+ *		started rows count for that pair's floor.  Caller holds the lock.
+ */
+static inline bool
+pgbq_floor_slot_of(const PgbqSlot *s, Oid dboid, Oid roleoid)
+{
+	return s->state != PGBQ_SLOT_FREE && s->kind == PGBQ_KIND_TASK &&
+		s->dboid == dboid && s->roleoid == roleoid;
+}
+
+/*
  * pgbq_floor_hold_unstarted
  *		The held row id, marked running in this transaction, failed an
  *		attempt in it and is retrying (a task of a batch): claimable again
@@ -452,10 +464,10 @@ pgbq_floor_hold_unstarted(int64 id)
  *		runs before their commit; a batch's task that failed in the batch's
  *		transaction is no started row: pgbq_floor_hold_unstarted).  A row
  *		rolled back to claimable was never a started_id (only commits set
- *		it).  What no worker announces is an
- *		administrator's UPDATE of a running row back to pending with its
- *		old next_run_at: a floor proposed past it meanwhile is caught by the
- *		front scan (PGBQ_FLOOR_FRONT_SCAN_MS), as for a disabled trigger.
+ *		it).  What no worker announces is an administrator's UPDATE of a
+ *		running row back to pending with its old next_run_at: a floor
+ *		proposed past it meanwhile is caught by the front scan
+ *		(PGBQ_FLOOR_FRONT_SCAN_MS), as for a disabled trigger.
  *
  *		With workers claiming consecutive ids, the rows between the floor
  *		and the next claimable row are those the other workers claimed just
@@ -486,8 +498,7 @@ pgbq_floor_span_settled(Oid dboid, Oid roleoid, const PgbqClaimKey *start,
 		int			j;
 		int64		d;
 
-		if (s->state == PGBQ_SLOT_FREE || s->kind != PGBQ_KIND_TASK ||
-			s->dboid != dboid || s->roleoid != roleoid)
+		if (!pgbq_floor_slot_of(s, dboid, roleoid))
 			continue;
 		for (j = 0; j < s->nheld; j++)
 		{
@@ -528,8 +539,7 @@ pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra,
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 		int			j;
 
-		if (s->state == PGBQ_SLOT_FREE || s->kind != PGBQ_KIND_TASK ||
-			s->dboid != dboid || s->roleoid != roleoid)
+		if (!pgbq_floor_slot_of(s, dboid, roleoid))
 			continue;
 		for (j = 0; j < s->nheld; j++)
 			ids[n++] = Int64GetDatum(s->held[j]);

@@ -506,7 +506,10 @@ pgbq_slot_hand_over(int slotno)
 		me->tasks_done++;
 	me->task_id = 0;
 	me->cancel_requested = false;
-	/* as at any task's end: a pair waiting without a worker may now ask this one to yield */
+	/*
+	 * As at any task's end: a pair waiting without a worker may now ask this
+	 * one to yield.
+	 */
 	launcher = pgbq_shared->hungry_demand ? pgbq_shared->launcher_latch : NULL;
 	LWLockRelease(pgbq_shared->lock);
 	if (launcher)

@@ -341,6 +341,41 @@ pgbq_text_array(List *topics)
 }
 
 /*
+ * pgbq_floor_first_unheld
+ *		The floor check: the first row of role roleoid still claimable from
+ *		start on that no slot lists as held, read in a snapshot taken now
+ *		(after the claim).  Returns false if there is none.
+ */
+static bool
+pgbq_floor_first_unheld(Oid roleoid, const PgbqClaimKey *start,
+						PgbqClaimKey *first)
+{
+	Datum		args[5];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	int			rc;
+
+	args[0] = ObjectIdGetDatum(roleoid);
+	args[1] = Int32GetDatum(start->priority);
+	args[2] = TimestampTzGetDatum(start->next_run_at);
+	args[3] = Int64GetDatum(start->id);
+	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid,
+													  NULL, 0, -1));
+	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed != 1)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	first->priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	first->next_run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+	first->id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	return true;
+}
+
+/*
  * pgbq_floor_propose
  *		After the first claim round found the row at key found (claimed or
  *		held back by a topic limit), starting at start: propose the first
@@ -355,38 +390,13 @@ static void
 pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 				   const PgbqClaimKey *found)
 {
-	Datum		args[5];
 	PgbqClaimKey proposal = *found;
-	int			rc;
+	PgbqClaimKey first;
 
-	if (pgbq_floor_span_settled(MyDatabaseId, roleoid, start, found))
-	{
-		pgbq_floor_advance(MyDatabaseId, roleoid, pgbq_cat.table_oid, epoch,
-						   &proposal);
-		return;
-	}
-	args[0] = ObjectIdGetDatum(roleoid);
-	args[1] = Int32GetDatum(start->priority);
-	args[2] = TimestampTzGetDatum(start->next_run_at);
-	args[3] = Int64GetDatum(start->id);
-	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid,
-													  NULL, 0, -1));
-	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed == 1)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		PgbqClaimKey first;
-		bool		isnull;
-
-		first.priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		first.next_run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
-		first.id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		if (pgbq_claim_key_cmp(&first, found) < 0)
-			proposal = first;
-	}
+	if (!pgbq_floor_span_settled(MyDatabaseId, roleoid, start, found) &&
+		pgbq_floor_first_unheld(roleoid, start, &first) &&
+		pgbq_claim_key_cmp(&first, found) < 0)
+		proposal = first;
 	pgbq_floor_advance(MyDatabaseId, roleoid, pgbq_cat.table_oid, epoch,
 					   &proposal);
 }

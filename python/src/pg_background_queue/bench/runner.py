@@ -537,12 +537,9 @@ class Bench:
         the median of the rounds' ratios, with the median round's figures beside it."""
         runs: list[dict[str, Any]] = []
         for i in range(rounds):
-            if i % 2 == 0:
-                run = self.reload_change(before, after, tasks)
-                run["fresh"] = self.throughput(after, tasks)
-            else:
-                fresh = self.throughput(after, tasks)
-                run = {**self.reload_change(before, after, tasks), "fresh": fresh}
+            fresh_first = self.throughput(after, tasks) if i % 2 else None
+            run = self.reload_change(before, after, tasks)
+            run["fresh"] = fresh_first if fresh_first is not None else self.throughput(after, tasks)
             runs.append(run)
         return _reload_summary(before, after, runs)
 
