@@ -705,12 +705,16 @@ pgbq_schedule_task_workers(TimestampTz now)
 /*
  * pgbq_demand_after_raise
  *		max_parallel_running_tasks_count was raised by a reload.  Announced
- *		work is counted up to the limit of its time (pgbq_announce_work), and
- *		the launcher took all of it to start the workers it could, so a pair
- *		whose workers are all busy may have more work queued than it has
- *		workers, and nobody would say so until the queue drains.  Ask for up
- *		to the new limit for each such pair; a worker started for nothing
- *		finds no task and settles the demand (pgbq_settle_demand).
+ *		work is counted up to the limit of its time (pgbq_announce_work: at
+ *		least one while the limit is 0), and the launcher took what it could
+ *		start, so a pair may have more work queued than it has workers, and
+ *		nobody would say so until its queue drains: whether its workers are
+ *		all busy, still starting, or not started yet because the limit held
+ *		them back.  Ask for up to the new limit for every pair that has
+ *		work (announced and unmet, or workers that are not asleep), unless
+ *		one of its workers went to sleep: that one found nothing eligible.
+ *		A worker started for nothing finds no task and settles the demand
+ *		(pgbq_settle_demand).
  */
 static void
 pgbq_demand_after_raise(void)
@@ -722,8 +726,8 @@ pgbq_demand_after_raise(void)
 	for (i = 0; i < PGBQ_MAX_DEMANDS; i++)
 	{
 		PgbqDemand *d = &pgbq_shared->demands[i];
-		int			busy = 0;
-		int			other = 0;
+		int			workers = 0;
+		bool		asleep = false;
 		int			j;
 
 		if (!d->in_use)
@@ -736,16 +740,16 @@ pgbq_demand_after_raise(void)
 				s->dboid != d->dboid || s->roleoid != d->roleoid ||
 				s->exit_reasons != 0)
 				continue;
-			if (s->state == PGBQ_SLOT_RUNNING)
-				busy++;
-			else
-				other++;		/* idle, or starting for work of its own */
+			workers++;			/* running, idle, or starting for work */
+			if (s->state == PGBQ_SLOT_IDLE && s->asleep)
+				asleep = true;
 		}
-		if (busy == 0 || other > 0 || busy >= pgbq_max_parallel)
+		if (asleep || (workers == 0 && d->want == 0) ||
+			workers >= pgbq_max_parallel)
 			continue;
 		if (d->want == 0 && d->waiting_since == 0)
 			d->waiting_since = now;
-		d->want = Max(d->want, pgbq_max_parallel - busy);
+		d->want = Max(d->want, pgbq_max_parallel - workers);
 	}
 	LWLockRelease(pgbq_shared->lock);
 }

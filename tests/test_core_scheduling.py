@@ -283,22 +283,29 @@ def enqueue_sleepers(node: Any, role: str, count: int, seconds: float) -> list[i
     ]
 
 
-def test_raising_the_worker_limit_by_reload_starts_workers_for_queued_work() -> None:
-    """max_parallel_running_tasks_count raised by reload while every worker is busy and more
-    work is queued: the launcher starts workers up to the new limit at once. Regression: the
-    work announced at enqueue was counted up to the old limit, so no worker was added until
-    the queue drained, and throughput after 4 -> 8 stayed that of 4 workers (issue 15,
-    `pgbq bench --regime reload`)."""
+@pytest.mark.parametrize("before", [0, 2])
+def test_raising_the_worker_limit_by_reload_starts_workers_for_queued_work(before: int) -> None:
+    """max_parallel_running_tasks_count raised by reload while more work is queued than the
+    old limit let run: the launcher starts workers up to the new limit at once, whether the
+    role's workers were all busy (2 -> 4) or none could start (0 -> 4: work queued while the
+    queue was stopped). Regressions: the work announced at enqueue was counted up to the old
+    limit (at least one), so no worker was added until the queue drained - after 4 -> 8 the
+    throughput stayed that of 4 workers (issue 15, `pgbq bench --regime reload`), and after
+    0 -> 8 one worker ran the whole backlog (the bench's backlog regime, and any queue resumed
+    by raising the limit)."""
     n = make_node(
         extra_conf={
-            "pg_background_queue.max_parallel_running_tasks_count": 2,
+            "pg_background_queue.max_parallel_running_tasks_count": before,
             "pg_background_queue.worker_idle_timeout": "600s",
         }
     )
     try:
         make_role(n, "grow")
         ids = enqueue_sleepers(n, "grow", 400, 0.05)
-        poll_until(lambda: len(worker_pids(n)) == 2, timeout=30, message="2 workers busy")
+        if before:
+            poll_until(lambda: len(worker_pids(n)) == before, timeout=30, message="busy workers")
+        else:
+            assert not worker_pids(n), "no worker may run while the limit is 0"
         set_config(n, max_parallel_running_tasks_count=4)
         poll_until(
             lambda: len(worker_pids(n)) == 4,
