@@ -37,8 +37,8 @@
  *	                                                                          a transaction of its own
  *	                                                                          (durable), or the previous
  *	                                                                          task's (fused), or a batch's
- *	running           finished          pgbq_sql_finish, or pgbq_sql_finish_  row lock; only WHERE state =
- *	                  (+ result, 1.3)   result when the task returned rows    'running' AND worker_pid = us;
+ *	running           finished          pgbq_sql_finish (with the result when row lock; only WHERE state =
+ *	                  (+ result, 1.3)   the task returned rows)               'running' AND worker_pid = us;
  *	                                    (worker_bookkeeping.c)                the task's own transaction, or
  *	                                                                          its subtransaction in a batch
  *	pending/retrying  finished          a batch's task after its first, never the claim's row lock, held
@@ -98,8 +98,8 @@
  *	  (workflow.c), and enqueue and retry set has_dependents on the
  *	  prerequisites (workflow.c), which arms the release trigger;
  *	- result and result_truncated (1.3) are written only by the finished
- *	  mark (pgbq_sql_finish_result), so only a finished task has a result;
- *	  with 1.2's objects the library uses pgbq_sql_finish alone.
+ *	  mark (pgbq_sql_finish with result), so only a finished task has a
+ *	  result; with 1.2's objects the library never asks for it.
  *
  *-------------------------------------------------------------------------
  */
@@ -234,44 +234,40 @@ pgbq_sql_claim_check(const PgbqCatalog *cat)
 /*
  * pgbq_sql_mark_running
  *		Mark the claimed task ($1) running, started at $2 by worker $3,
- *		counting the attempt (its SQL came with the claim).
+ *		counting the attempt (its SQL came with the claim); returns the new
+ *		row version's ctid.  With by_tid, find the row by the version the
+ *		claim locked ($4): a TID scan reads the one heap tuple, where the
+ *		primary key's scan would share the leaf page every worker's
+ *		updates insert into.
  */
 char *
-pgbq_sql_mark_running(const PgbqCatalog *cat)
+pgbq_sql_mark_running(const PgbqCatalog *cat, bool by_tid)
 {
 	return psprintf("UPDATE %s SET state = 'running', "
 					"attempts = attempts + 1, started_at = $2, "
 					"closed_at = NULL, worker_pid = $3 "
-					"WHERE id = $1",
-					cat->qualified_table);
+					"WHERE %sid = $1 RETURNING ctid",
+					cat->qualified_table, by_tid ? "ctid = $4 AND " : "");
 }
 
 /*
  * pgbq_sql_finish
- *		Mark task $1, running in worker $3, finished at $2.
+ *		Mark task $1, running in worker $3, finished at $2; with result
+ *		(1.3's objects, a task whose statements returned rows), also its
+ *		result ($4) and whether it was cut ($5).  With by_tid, find the row
+ *		by the version its running mark wrote (the last parameter, see
+ *		pgbq_sql_mark_running); the caller falls back to the id when that
+ *		version is gone (the task's statements updated its own row).
  */
 char *
-pgbq_sql_finish(const PgbqCatalog *cat)
+pgbq_sql_finish(const PgbqCatalog *cat, bool result, bool by_tid)
 {
 	return psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-					"worker_pid = NULL "
-					"WHERE id = $1 AND state = 'running' "
-					"AND worker_pid = $3", cat->qualified_table);
-}
-
-/*
- * pgbq_sql_finish_result
- *		pgbq_sql_finish for a task whose statements returned rows (1.3's
- *		objects): also its result ($4) and whether it was cut ($5).
- */
-char *
-pgbq_sql_finish_result(const PgbqCatalog *cat)
-{
-	return psprintf("UPDATE %s SET state = 'finished', closed_at = $2, "
-					"worker_pid = NULL, result = $4, "
-					"result_truncated = $5 "
-					"WHERE id = $1 AND state = 'running' "
-					"AND worker_pid = $3", cat->qualified_table);
+					"worker_pid = NULL%s "
+					"WHERE %sid = $1 AND state = 'running' "
+					"AND worker_pid = $3", cat->qualified_table,
+					result ? ", result = $4, result_truncated = $5" : "",
+					!by_tid ? "" : result ? "ctid = $6 AND " : "ctid = $4 AND ");
 }
 
 /*

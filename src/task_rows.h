@@ -26,11 +26,10 @@ extern char *pgbq_sql_insert_workflow(const char *qualified_table,
 extern char *pgbq_sql_claim(const PgbqCatalog *cat);
 extern char *pgbq_sql_claim_next(const PgbqCatalog *cat);
 extern char *pgbq_sql_claim_check(const PgbqCatalog *cat);
-extern char *pgbq_sql_mark_running(const PgbqCatalog *cat);
+extern char *pgbq_sql_mark_running(const PgbqCatalog *cat, bool by_tid);
 
 /* running -> finished, pending/retrying (give-back): worker_bookkeeping.c */
-extern char *pgbq_sql_finish(const PgbqCatalog *cat);
-extern char *pgbq_sql_finish_result(const PgbqCatalog *cat);
+extern char *pgbq_sql_finish(const PgbqCatalog *cat, bool result, bool by_tid);
 extern char *pgbq_sql_finish_claimed(const PgbqCatalog *cat, bool result);
 extern char *pgbq_sql_finish_claimed_many(const PgbqCatalog *cat, bool result);
 extern char *pgbq_sql_give_back(const PgbqCatalog *cat, int worker_pid);

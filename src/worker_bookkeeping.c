@@ -64,16 +64,33 @@
 static bool pgbq_first_claim = true;
 static PgbqCatalog pgbq_cat;
 
-static SPIPlanPtr pgbq_claim_plan = NULL;
-static SPIPlanPtr pgbq_mark_running_plan = NULL;
-static SPIPlanPtr pgbq_finish_plan = NULL;
-static SPIPlanPtr pgbq_finish_result_plan = NULL;	/* NULL before 1.3 */
-static SPIPlanPtr pgbq_next_eligible_plan = NULL;
-static SPIPlanPtr pgbq_floor_check_plan = NULL;
-static SPIPlanPtr pgbq_finish_claimed_plan = NULL;
-static SPIPlanPtr pgbq_finish_claimed_result_plan = NULL;	/* NULL before 1.3 */
-static SPIPlanPtr pgbq_finish_many_plan = NULL;
-static SPIPlanPtr pgbq_finish_many_result_plan = NULL;	/* NULL before 1.3 */
+/*
+ * The bookkeeping statements, prepared once per task table (pgbq_worker_
+ * plans).  The *_RESULT ones exist only with 1.3's objects (NULL before).
+ * MARK and FINISH find the row by the row version known to be the task's
+ * (the one the claim locked, the one the running mark wrote: a TID scan);
+ * MARK_BY_ID and FINISH_BY_ID, by id, are the fallback when that version
+ * is gone.
+ */
+typedef enum PgbqPlanId
+{
+	PGBQ_PLAN_CLAIM,
+	PGBQ_PLAN_MARK,
+	PGBQ_PLAN_MARK_BY_ID,
+	PGBQ_PLAN_FINISH,
+	PGBQ_PLAN_FINISH_BY_ID,
+	PGBQ_PLAN_FINISH_RESULT,
+	PGBQ_PLAN_FINISH_RESULT_BY_ID,
+	PGBQ_PLAN_NEXT_ELIGIBLE,
+	PGBQ_PLAN_FLOOR_CHECK,
+	PGBQ_PLAN_FINISH_CLAIMED,
+	PGBQ_PLAN_FINISH_CLAIMED_RESULT,
+	PGBQ_PLAN_FINISH_MANY,
+	PGBQ_PLAN_FINISH_MANY_RESULT,
+	PGBQ_NPLANS
+} PgbqPlanId;
+
+static SPIPlanPtr pgbq_plans[PGBQ_NPLANS];
 
 /*
  * The finished marks of a batch's unmarked tasks, written by one statement
@@ -111,20 +128,93 @@ static int	pgbq_batch_maxdeferred = 0;
 static Size pgbq_batch_deferred_bytes = 0;	/* their results' size */
 
 /*
- * pgbq_prepare
- *		Prepare and keep one bookkeeping statement.
+ * pgbq_plan_statement
+ *		The text and parameter types of bookkeeping statement id for the
+ *		task table of cat; NULL if these objects have no such statement.
  */
-static SPIPlanPtr
-pgbq_prepare(const char *sql, int nargs, Oid *types)
+static char *
+pgbq_plan_statement(const PgbqCatalog *cat, PgbqPlanId id, int *nargs,
+					Oid *types)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+	static const Oid claim_types[] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID,
+	INT4OID, TIMESTAMPTZOID, INT8OID, INT8ARRAYOID};
+	static const Oid mark_types[] = {INT8OID, TIMESTAMPTZOID, INT4OID, TIDOID};
+	static const Oid finish_types[] = {INT8OID, TIMESTAMPTZOID, INT4OID, TIDOID};
+	static const Oid finish_result_types[] = {INT8OID, TIMESTAMPTZOID, INT4OID,
+	JSONBOID, BOOLOID, TIDOID};
+	static const Oid claimed_types[] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	JSONBOID, BOOLOID};
+	static const Oid next_types[] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	static const Oid check_types[] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID,
+	INT8ARRAYOID};
+	static const Oid many_types[] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	TIMESTAMPTZARRAYOID, JSONBARRAYOID, BOOLARRAYOID};
+	const Oid  *t;
+	char	   *sql;
 
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "could not keep plan");
-	return plan;
+	switch (id)
+	{
+		case PGBQ_PLAN_CLAIM:
+			/* from the claim floor ($4, $5, $6; see claim_floor.c) */
+			sql = pgbq_sql_claim(cat);
+			t = claim_types;
+			*nargs = 7;
+			break;
+		case PGBQ_PLAN_MARK:
+		case PGBQ_PLAN_MARK_BY_ID:
+			sql = pgbq_sql_mark_running(cat, id == PGBQ_PLAN_MARK);
+			t = mark_types;
+			*nargs = id == PGBQ_PLAN_MARK ? 4 : 3;
+			break;
+		case PGBQ_PLAN_FINISH:
+		case PGBQ_PLAN_FINISH_BY_ID:
+			sql = pgbq_sql_finish(cat, false, id == PGBQ_PLAN_FINISH);
+			t = finish_types;
+			*nargs = id == PGBQ_PLAN_FINISH ? 4 : 3;
+			break;
+		case PGBQ_PLAN_FINISH_RESULT:
+		case PGBQ_PLAN_FINISH_RESULT_BY_ID:
+			/* a task whose statements returned rows (1.3) */
+			if (!cat->has_results)
+				return NULL;
+			sql = pgbq_sql_finish(cat, true, id == PGBQ_PLAN_FINISH_RESULT);
+			t = finish_result_types;
+			*nargs = id == PGBQ_PLAN_FINISH_RESULT ? 6 : 5;
+			break;
+		case PGBQ_PLAN_NEXT_ELIGIBLE:
+			sql = pgbq_sql_claim_next(cat);
+			t = next_types;
+			*nargs = 4;
+			break;
+		case PGBQ_PLAN_FLOOR_CHECK:
+			/* the first row still claimable between the floor and the claimed */
+			sql = pgbq_sql_claim_check(cat);
+			t = check_types;
+			*nargs = 5;
+			break;
+		case PGBQ_PLAN_FINISH_CLAIMED:
+		case PGBQ_PLAN_FINISH_CLAIMED_RESULT:
+			/* the tasks of a batch after its first */
+			if (id == PGBQ_PLAN_FINISH_CLAIMED_RESULT && !cat->has_results)
+				return NULL;
+			sql = pgbq_sql_finish_claimed(cat, id == PGBQ_PLAN_FINISH_CLAIMED_RESULT);
+			t = claimed_types;
+			*nargs = id == PGBQ_PLAN_FINISH_CLAIMED_RESULT ? 5 : 3;
+			break;
+		case PGBQ_PLAN_FINISH_MANY:
+		case PGBQ_PLAN_FINISH_MANY_RESULT:
+			/* their finished marks, written together at the batch's end */
+			if (id == PGBQ_PLAN_FINISH_MANY_RESULT && !cat->has_results)
+				return NULL;
+			sql = pgbq_sql_finish_claimed_many(cat, id == PGBQ_PLAN_FINISH_MANY_RESULT);
+			t = many_types;
+			*nargs = id == PGBQ_PLAN_FINISH_MANY_RESULT ? 5 : 3;
+			break;
+		default:
+			elog(ERROR, "unknown bookkeeping statement %d", (int) id);
+	}
+	memcpy(types, t, sizeof(Oid) * *nargs);
+	return sql;
 }
 
 /*
@@ -140,30 +230,11 @@ pgbq_worker_plans(void)
 {
 	PgbqCatalog cat;
 	MemoryContext old;
-	Oid			claim_types[7] = {OIDOID, TIMESTAMPTZOID, TEXTARRAYOID,
-	INT4OID, TIMESTAMPTZOID, INT8OID, INT8ARRAYOID};
-	Oid			mark_types[3] = {INT8OID, TIMESTAMPTZOID, INT4OID};
-	Oid			finish_types[5] = {INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, BOOLOID};
-	Oid			claimed_types[5] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-	JSONBOID, BOOLOID};
-	Oid			next_types[4] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID};
-	Oid			check_types[5] = {OIDOID, INT4OID, TIMESTAMPTZOID, INT8OID,
-	INT8ARRAYOID};
-	SPIPlanPtr	claim;
-	SPIPlanPtr volatile mark = NULL;
-	SPIPlanPtr volatile finish = NULL;
-	SPIPlanPtr volatile finish_result = NULL;
-	SPIPlanPtr volatile next = NULL;
-	SPIPlanPtr volatile check = NULL;
-	SPIPlanPtr volatile claimed = NULL;
-	SPIPlanPtr volatile claimed_result = NULL;
-	SPIPlanPtr volatile many = NULL;
-	SPIPlanPtr volatile many_result = NULL;
-	Oid			many_types[5] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID,
-	TIMESTAMPTZARRAYOID, JSONBARRAYOID, BOOLARRAYOID};
+	SPIPlanPtr	prepared[PGBQ_NPLANS] = {0};
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
+	int			i;
 
 	/*
 	 * Lock the table by OID before using it by name, then check that it
@@ -197,6 +268,7 @@ pgbq_worker_plans(void)
 		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(cat.table_oid)))
 			break;
 	}
+
 	/*
 	 * Prepare the new plans before freeing the old ones, and switch over
 	 * only once all of them exist: an error in between (say, a changed
@@ -204,88 +276,44 @@ pgbq_worker_plans(void)
 	 * missing plan that the next claim would execute.
 	 */
 	nest = pgbq_begin_privileged(cat.owner, &save_userid, &save_sec);
-	/*
-	 * The claim starts at the claim floor ($4, $5, $6; see claim_floor.c),
-	 * a bound of the claim index scan.
-	 */
-	claim = pgbq_prepare(pgbq_sql_claim(&cat), 7, claim_types);
 	PG_TRY();
 	{
-		mark = pgbq_prepare(pgbq_sql_mark_running(&cat), 3, mark_types);
-		finish = pgbq_prepare(pgbq_sql_finish(&cat), 3, finish_types);
-		/* a task whose statements returned rows (1.3) */
-		if (cat.has_results)
-			finish_result = pgbq_prepare(pgbq_sql_finish_result(&cat), 5,
-										 finish_types);
-		next = pgbq_prepare(pgbq_sql_claim_next(&cat), 4, next_types);
-		/* the first row still claimable between the floor and the claimed */
-		check = pgbq_prepare(pgbq_sql_claim_check(&cat), 5, check_types);
-		/* the tasks of a batch after its first */
-		claimed = pgbq_prepare(pgbq_sql_finish_claimed(&cat, false), 3,
-							   claimed_types);
-		if (cat.has_results)
-			claimed_result = pgbq_prepare(pgbq_sql_finish_claimed(&cat, true),
-										  5, claimed_types);
-		/* their finished marks, written together at the batch's end */
-		many = pgbq_prepare(pgbq_sql_finish_claimed_many(&cat, false), 3,
-							many_types);
-		if (cat.has_results)
-			many_result = pgbq_prepare(pgbq_sql_finish_claimed_many(&cat, true),
-									   5, many_types);
+		for (i = 0; i < PGBQ_NPLANS; i++)
+		{
+			Oid			types[8];
+			int			nargs;
+			char	   *sql = pgbq_plan_statement(&cat, (PgbqPlanId) i,
+												  &nargs, types);
+			SPIPlanPtr	plan;
+
+			if (sql == NULL)
+				continue;
+			plan = SPI_prepare(sql, nargs, types);
+			if (plan == NULL)
+				elog(ERROR, "could not prepare \"%s\": %s", sql,
+					 SPI_result_code_string(SPI_result));
+			if (SPI_keepplan(plan) != 0)
+				elog(ERROR, "could not keep plan");
+			prepared[i] = plan;
+		}
 	}
 	PG_CATCH();
 	{
 		/* kept plans are not freed by the abort */
-		if (many_result)
-			SPI_freeplan(many_result);
-		if (many)
-			SPI_freeplan(many);
-		if (claimed_result)
-			SPI_freeplan(claimed_result);
-		if (claimed)
-			SPI_freeplan(claimed);
-		if (check)
-			SPI_freeplan(check);
-		if (next)
-			SPI_freeplan(next);
-		if (finish_result)
-			SPI_freeplan(finish_result);
-		if (finish)
-			SPI_freeplan(finish);
-		if (mark)
-			SPI_freeplan(mark);
-		SPI_freeplan(claim);
+		for (i = 0; i < PGBQ_NPLANS; i++)
+			if (prepared[i])
+				SPI_freeplan(prepared[i]);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 	pgbq_end_privileged(nest, save_userid, save_sec);
 
-	if (pgbq_claim_plan)
+	for (i = 0; i < PGBQ_NPLANS; i++)
 	{
-		SPI_freeplan(pgbq_claim_plan);
-		SPI_freeplan(pgbq_mark_running_plan);
-		SPI_freeplan(pgbq_finish_plan);
-		if (pgbq_finish_result_plan)
-			SPI_freeplan(pgbq_finish_result_plan);
-		SPI_freeplan(pgbq_next_eligible_plan);
-		SPI_freeplan(pgbq_floor_check_plan);
-		SPI_freeplan(pgbq_finish_claimed_plan);
-		if (pgbq_finish_claimed_result_plan)
-			SPI_freeplan(pgbq_finish_claimed_result_plan);
-		SPI_freeplan(pgbq_finish_many_plan);
-		if (pgbq_finish_many_result_plan)
-			SPI_freeplan(pgbq_finish_many_result_plan);
+		if (pgbq_plans[i])
+			SPI_freeplan(pgbq_plans[i]);
+		pgbq_plans[i] = prepared[i];
 	}
-	pgbq_claim_plan = claim;
-	pgbq_mark_running_plan = mark;
-	pgbq_finish_plan = finish;
-	pgbq_finish_result_plan = finish_result;
-	pgbq_next_eligible_plan = next;
-	pgbq_floor_check_plan = check;
-	pgbq_finish_claimed_plan = claimed;
-	pgbq_finish_claimed_result_plan = claimed_result;
-	pgbq_finish_many_plan = many;
-	pgbq_finish_many_result_plan = many_result;
 	pgbq_cat = cat;
 	return true;
 }
@@ -362,7 +390,7 @@ pgbq_floor_first_unheld(Oid roleoid, const PgbqClaimKey *start,
 	args[3] = Int64GetDatum(start->id);
 	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid,
 													  NULL, 0, -1));
-	rc = SPI_execute_plan(pgbq_floor_check_plan, args, NULL, false, 1);
+	rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_FLOOR_CHECK], args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -409,15 +437,26 @@ pgbq_floor_propose(Oid roleoid, const PgbqClaimKey *start, uint64 epoch,
 static void
 pgbq_mark_running(PgbqTask *task)
 {
-	Datum		args[3];
-	int			rc;
+	Datum		args[4];
+	bool		isnull;
+	int			rc = SPI_OK_UPDATE_RETURNING;
 
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(task->claimed_at);
 	args[2] = Int32GetDatum(MyProcPid);
-	rc = SPI_execute_plan(pgbq_mark_running_plan, args, NULL, false, 1);
-	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+	args[3] = PointerGetDatum(&task->claimed_tid);
+	SPI_processed = 0;
+	if (ItemPointerIsValid(&task->claimed_tid))
+		rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_MARK], args, NULL, false, 1);
+	/* the version locked by the claim is the row's current one: never taken */
+	if (rc == SPI_OK_UPDATE_RETURNING && SPI_processed == 0)
+		rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_MARK_BY_ID], args, NULL,
+							  false, 1);
+	if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
 		elog(ERROR, "could not mark task " INT64_FORMAT " running", task->id);
+	task->running_tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
+																	 SPI_tuptable->tupdesc,
+																	 1, &isnull));
 	pgbq_floor_hold_started(task->id);
 	task->unmarked = false;
 }
@@ -498,7 +537,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 		args[4] = TimestampTzGetDatum(start.next_run_at);
 		args[5] = Int64GetDatum(start.id);
 		args[6] = left_out;
-		rc = SPI_execute_plan(pgbq_claim_plan, args, NULL, false, 1);
+		rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_CLAIM], args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
 		if (SPI_processed == 0)
@@ -595,7 +634,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 		args[1] = Int32GetDatum(start.priority);
 		args[2] = TimestampTzGetDatum(start.next_run_at);
 		args[3] = Int64GetDatum(start.id);
-		rc = SPI_execute_plan(pgbq_next_eligible_plan, args, NULL, false, 1);
+		rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_NEXT_ELIGIBLE], args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "could not compute next eligible time");
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -1122,10 +1161,10 @@ pgbq_batch_finish_deferred(PgbqTask *first)
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[2] = PointerGetDatum(construct_array(starts, n, TIMESTAMPTZOID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	plan = pgbq_finish_many_plan;
-	if (any_result && pgbq_finish_many_result_plan)
+	plan = pgbq_plans[PGBQ_PLAN_FINISH_MANY];
+	if (any_result && pgbq_plans[PGBQ_PLAN_FINISH_MANY_RESULT])
 	{
-		plan = pgbq_finish_many_result_plan;
+		plan = pgbq_plans[PGBQ_PLAN_FINISH_MANY_RESULT];
 		args[3] = PointerGetDatum(construct_md_array(results, result_nulls, 1,
 													 dims, lbs, JSONBOID, -1,
 													 false, TYPALIGN_INT));
@@ -1169,8 +1208,9 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
-	Datum		args[5];
-	SPIPlanPtr	plan = pgbq_finish_plan;
+	Datum		args[6];
+	bool		result;
+	PgbqPlanId	plan;
 	int			rc;
 	PgbqTask   *next = NULL;
 	TimestampTz wait_until;
@@ -1195,22 +1235,40 @@ pgbq_finish_and_claim_next(PgbqTask *task, bool in_batch)
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[2] = Int32GetDatum(MyProcPid);
-	if (task->unmarked)
+	result = task->capture && !task->result.isnull &&
+		pgbq_plans[PGBQ_PLAN_FINISH_RESULT] != NULL;
+	if (result)
 	{
-		/* a batch's task, still pending: the finish counts the attempt */
-		plan = pgbq_finish_claimed_plan;
-		args[2] = TimestampTzGetDatum(task->claimed_at);
-	}
-	if (task->capture && !task->result.isnull && pgbq_finish_result_plan)
-	{
-		plan = task->unmarked ? pgbq_finish_claimed_result_plan :
-			pgbq_finish_result_plan;
 		args[3] = task->result.value;
 		args[4] = BoolGetDatum(task->result.truncated);
 	}
+	if (task->unmarked)
+	{
+		/* a batch's task, still pending: the finish counts the attempt */
+		plan = result ? PGBQ_PLAN_FINISH_CLAIMED_RESULT : PGBQ_PLAN_FINISH_CLAIMED;
+		args[2] = TimestampTzGetDatum(task->claimed_at);
+	}
+	else if (ItemPointerIsValid(&task->running_tid))
+	{
+		/* by the version the running mark wrote, found with a TID scan */
+		plan = result ? PGBQ_PLAN_FINISH_RESULT : PGBQ_PLAN_FINISH;
+		args[result ? 5 : 3] = PointerGetDatum(&task->running_tid);
+	}
+	else
+		plan = result ? PGBQ_PLAN_FINISH_RESULT_BY_ID : PGBQ_PLAN_FINISH_BY_ID;
 	if (!in_batch || !task->unmarked || !pgbq_batch_defer_finish(task))
 	{
-		rc = SPI_execute_plan(plan, args, NULL, false, 0);
+		rc = SPI_execute_plan(pgbq_plans[plan], args, NULL, false, 0);
+
+		/*
+		 * That version is gone when the task's statements updated the row
+		 * themselves: look for it by id, as for any other change.
+		 */
+		if (rc == SPI_OK_UPDATE && SPI_processed == 0 &&
+			(plan == PGBQ_PLAN_FINISH || plan == PGBQ_PLAN_FINISH_RESULT))
+			rc = SPI_execute_plan(pgbq_plans[result ? PGBQ_PLAN_FINISH_RESULT_BY_ID :
+											 PGBQ_PLAN_FINISH_BY_ID],
+								  args, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE || SPI_processed != 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),

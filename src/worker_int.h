@@ -56,6 +56,8 @@ typedef struct PgbqTask
 								 * the finish counts the attempt */
 	TimestampTz claimed_at;		/* start of an unmarked task */
 	ItemPointerData claimed_tid;	/* the row version its claim locked */
+	ItemPointerData running_tid;	/* the version its running mark wrote
+									 * (invalid: not marked) */
 } PgbqTask;
 
 /*

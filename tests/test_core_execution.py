@@ -146,6 +146,52 @@ def test_multi_statement_task_is_all_or_nothing(node: Any) -> None:
     assert scalar(node, "SELECT count(*) FROM atom") == 2
 
 
+@pytest.mark.parametrize("returns_rows", [False, True], ids=["no-result", "result"])
+@pytest.mark.parametrize("who", ["the task itself", "another session"])
+def test_a_task_whose_row_changes_while_it_runs_still_finishes_once(
+    node: Any, who: str, returns_rows: bool
+) -> None:
+    """The finished mark finds the row by the version the running mark wrote (a TID scan);
+    when that version is gone - the task's own statements, or another session, updated the
+    row while it ran - it finds it by id. Either way the task ends finished after one
+    attempt, its effect once, the other change kept. Both kinds of finish (with and without
+    a result) are covered."""
+    query(node, "CREATE TABLE IF NOT EXISTS rowchange (tag text)")
+    tag = f"{who[:4]}-{returns_rows}"
+    lock = 4242 + returns_rows
+    mine = "worker_pid = pg_backend_pid() AND state = 'running'"
+    touch = (
+        f"UPDATE pg_background_tasks SET errors = 'touched' WHERE {mine}; "
+        if who == "the task itself"
+        else f"DO $$ BEGIN PERFORM pg_advisory_xact_lock({lock}); END $$; "
+    )
+    sql = f"{touch}INSERT INTO rowchange VALUES ('{tag}')" + (
+        f"; SELECT '{tag}' AS tag" if returns_rows else ""
+    )
+    with connect(node) as holder:
+        if who == "another session":
+            holder.execute("SELECT pg_advisory_lock(%s)", (lock,))
+        t = enqueue(node, sql)
+        if who == "another session":
+            poll_until(
+                lambda: (
+                    scalar(node, "SELECT state::text FROM pg_background_tasks WHERE id = %s", (t,))
+                    == "running"
+                ),
+                timeout=30,
+                message="task running",
+            )
+            query(node, "UPDATE pg_background_tasks SET errors = 'touched' WHERE id = %s", (t,))
+            holder.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+        row = wait_tasks(node, [t])[0]
+    assert row["state"] == "finished", row
+    assert row["attempts"] == 1
+    assert row["errors"] == "touched"
+    assert row["worker_pid"] is None
+    assert row["result"] == ([{"tag": tag}] if returns_rows else None)
+    assert scalar(node, "SELECT count(*) FROM rowchange WHERE tag = %s", (tag,)) == 1
+
+
 def test_statement_timeout_applies_to_each_statement(node: Any) -> None:
     """statement_timeout works as in a client session: SET by the script or the role's
     default, per statement; a task may catch it and go on (it is not the queue's
