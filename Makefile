@@ -13,6 +13,7 @@ OBJS = \
 	src/executor.o \
 	src/guc.o \
 	src/launcher.o \
+	src/listeners.o \
 	src/maintenance.o \
 	src/shmem.o \
 	src/task_rows.o \

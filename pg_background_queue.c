@@ -14,6 +14,7 @@
  *	enqueue.c	user API
  *	admin.c		administration functions and views
  *	catalog.c	extension lookup, privileged bookkeeping
+ *	listeners.c	sessions listening on the notification channel
  *
  *-------------------------------------------------------------------------
  */
@@ -297,6 +298,7 @@ pgbq_next_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 /*
  * pgbq_process_utility
+ *		Note LISTEN and UNLISTEN on the notification channel (listeners.c).
  *		Before DROP DATABASE, ask our workers connected to it to leave, so
  *		that the drop does not fail with "being accessed by other users".
  *		Before DROP EXTENSION pg_background_queue, make sure no worker's
@@ -313,6 +315,7 @@ pgbq_process_utility(PlannedStmt *pstmt, const char *queryString,
 	Node	   *parsetree = pstmt->utilityStmt;
 	Oid			dropped_db = InvalidOid;
 
+	pgbq_listener_utility(parsetree);
 	if (pgbq_shared != NULL && parsetree != NULL && IsA(parsetree, DropdbStmt))
 	{
 		Oid			dboid = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);

@@ -456,6 +456,12 @@ pgbq_send_held(void)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 
+	/* the listener may have gone since they were held (see listeners.c) */
+	if (!pgbq_anyone_listens(MyDatabaseId))
+	{
+		pgbq_npending = 0;
+		return;
+	}
 	PG_TRY();
 	{
 		StartTransactionCommand();
@@ -608,6 +614,12 @@ pgbq_flush_notifications(void)
 	if (pgbq_npending == 0)
 		return;
 	Assert(!IsTransactionState());
+	/* no session of ours can receive them (see listeners.c) */
+	if (!pgbq_anyone_listens(MyDatabaseId))
+	{
+		pgbq_npending = 0;
+		return;
+	}
 	if (pgbq_shared == NULL || pgbq_npending > PGBQ_NOTIFY_SHARE_MAX)
 	{
 		pgbq_send_held();

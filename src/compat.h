@@ -34,6 +34,16 @@
 #endif
 
 /*
+ * This session's PGPROC number (listeners.c): MyProcNumber from 17 on,
+ * the pgprocno of its PGPROC before.
+ */
+#if PG_VERSION_NUM >= 170000
+#define PGBQ_MY_PROCNO	((int) MyProcNumber)
+#else
+#define PGBQ_MY_PROCNO	(MyProc != NULL ? MyProc->pgprocno : -1)
+#endif
+
+/*
  * The C variables behind settings the bookkeeping pins (catalog.c) that not
  * every version has: transaction_timeout from 17 on; force_parallel_mode
  * became debug_parallel_query in 16.  NULL where this server lacks the

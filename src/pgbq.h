@@ -345,6 +345,12 @@ extern struct ArrayType *pgbq_floor_held_ids(Oid dboid, Oid roleoid,
  * ------------------------------------------------------------------- */
 
 extern Size pgbq_paused_shmem_size(void);
+
+/* listeners.c */
+extern Size pgbq_listeners_shmem_size(void);
+extern void pgbq_listeners_shmem_init(void);
+extern void pgbq_listener_utility(Node *parsetree);
+extern bool pgbq_anyone_listens(Oid dboid);
 extern void pgbq_paused_shmem_init(void);
 extern bool pgbq_topic_paused(const char *topic);
 extern List *pgbq_paused_topics(List *topics);

@@ -127,6 +127,7 @@ pgbq_require_shmem(void)
 {
 	RequestAddinShmemSpace(pgbq_shmem_size());
 	RequestAddinShmemSpace(pgbq_paused_shmem_size());
+	RequestAddinShmemSpace(pgbq_listeners_shmem_size());
 	RequestNamedLWLockTranche(PGBQ_LWLOCK_TRANCHE, 1);
 }
 
@@ -153,6 +154,7 @@ pgbq_shmem_init(void)
 		SpinLockInit(&pgbq_shared->notify.mutex);
 	}
 	pgbq_paused_shmem_init();
+	pgbq_listeners_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

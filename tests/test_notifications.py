@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from core_helpers import connect, enqueue_copies, query, wait_tasks
+from core_helpers import connect, enqueue_copies, query, scalar, wait_tasks, worker_node
 from pg_background_queue.testing.cluster import destroy_node, make_node, poll_until
 
 WORKERS = 8
@@ -149,3 +149,88 @@ def test_workers_leaving_leave_no_notification_behind(node: Any) -> None:
     # that was committed is announced once
     for r in ended:
         assert got[(int(r["id"]), str(r["state"]))] == 1, r["id"]
+
+
+@pytest.fixture(scope="module")
+def lone() -> Iterator[Any]:
+    """One worker: it sends the notifications of each task in a transaction of its own, so
+    whether it sent any shows in the transaction ids it took."""
+    yield from worker_node(1)
+
+
+# (what the other session did, whether it must get the notifications)
+LISTENERS: dict[str, tuple[list[str] | None, bool]] = {
+    "nobody": (None, False),
+    "listening": (["LISTEN pg_background_queue"], True),
+    "other-channel": (["LISTEN pg_background_queue_not"], False),
+    "other-database": (["LISTEN pg_background_queue"], False),
+    "unlisten": (["LISTEN pg_background_queue", "UNLISTEN pg_background_queue"], False),
+    "unlisten-all": (["LISTEN pg_background_queue", "UNLISTEN *"], False),
+    "discard-all": (["LISTEN pg_background_queue", "DISCARD ALL"], False),
+    "unlisten-rolled-back": (
+        ["LISTEN pg_background_queue", "BEGIN", "UNLISTEN *", "ROLLBACK"],
+        True,
+    ),
+    "unlisten-in-rolled-back-savepoint": (
+        ["LISTEN pg_background_queue", "BEGIN", "SAVEPOINT s", "UNLISTEN *",
+         "ROLLBACK TO SAVEPOINT s", "COMMIT"],
+        True,
+    ),
+    "unlisten-then-listen": (
+        ["LISTEN pg_background_queue", "BEGIN", "UNLISTEN *", "LISTEN pg_background_queue",
+         "COMMIT"],
+        True,
+    ),
+    "disconnected": (["LISTEN pg_background_queue", "CLOSE"], False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(LISTENERS))
+def test_notifications_are_sent_while_someone_listens(lone: Any, case: str) -> None:
+    """Workers send no notification while no session of their database listens on the
+    channel (the transaction that carries them is a fifth of a trivial task's cost): what
+    counts is the listening state the session committed to, every way of leaving it
+    (UNLISTEN, UNLISTEN *, DISCARD ALL, disconnecting) and of keeping it (an UNLISTEN rolled
+    back, a LISTEN after it). A session that listens gets every task's notification."""
+    steps, notified = LISTENERS[case]
+    n = 60
+    dbname = "notify_elsewhere" if case == "other-database" else "postgres"
+    if dbname != "postgres":
+        query(lone, f"DROP DATABASE IF EXISTS {dbname}")
+        query(lone, f"CREATE DATABASE {dbname}")
+    with connect(lone, dbname=dbname) as other:
+        for step in steps or []:
+            if step == "CLOSE":
+                other.close()
+            else:
+                other.execute(step)
+        warm = enqueue_copies(lone, "SELECT 1", 5)
+        wait_tasks(lone, warm, timeout=60)
+        before = int(scalar(lone, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+        ids = enqueue_copies(lone, "SELECT 1", n)
+        wait_tasks(lone, ids, timeout=60)
+        # the worker sends after the commit that ended the last task: let it
+        poll_until(
+            lambda: (
+                scalar(
+                    lone,
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE backend_type = 'pg_background_queue worker' AND state = 'active'",
+                )
+                == 0
+            ),
+            timeout=30,
+            message="worker idle",
+        )
+        taken = int(scalar(lone, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text")) - before
+        if notified:
+            got = collect(other, n + len(warm))
+            assert got == Counter((i, "finished") for i in warm + ids)
+    # each task's end takes one transaction id; its notification, when sent, another
+    # (one enqueue too)
+    if notified:
+        assert taken >= n * 3 // 2, f"{taken} transaction ids for {n} tasks: none sent?"
+    else:
+        assert taken <= n + n // 4, f"{taken} transaction ids for {n} tasks: notifications sent"
+    if dbname != "postgres":
+        query(lone, f"DROP DATABASE {dbname} WITH (FORCE)")
