@@ -73,6 +73,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
+#include "port/pg_bitutils.h"
 #include "storage/lwlock.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
@@ -520,14 +521,27 @@ pgbq_floor_span_settled(Oid dboid, Oid roleoid, const PgbqClaimKey *start,
  *		claim's floor proposal to pass, and for the claim itself to leave
  *		out; after the nextra ids extra.  If more than max_held (>= 0) are
  *		held, none of them: just the extra ids.
+ *
+ *		With from (a claim's floor), also *settled_to: the first id at or
+ *		after from->id that no worker of the role lists as held or as its
+ *		started_id, looking at most PGBQ_FLOOR_SPAN ids ahead.  No row of
+ *		the role with from's priority and next_run_at and an id in between
+ *		is claimable and unheld, by the argument of pgbq_floor_span_settled
+ *		(the same exception included), so the claim may start its scan
+ *		there instead of walking those rows: its index entries and heap
+ *		tuples are the ones every other worker's claim is reading and
+ *		writing.  A row let go after this look is claimed by a later claim
+ *		(its commit lowers the floor), as when it is let go just after the
+ *		claim's snapshot.
  */
 ArrayType *
 pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra,
-					int max_held)
+					int max_held, const PgbqClaimKey *from, int64 *settled_to)
 {
 	Datum	   *ids;
 	int			n = 0;
 	int			i;
+	uint64		seen = 0;
 
 	ids = palloc(sizeof(Datum) *
 				 (pgbq_shared->nslots * PGBQ_SLOT_HELD_CLAIMS + nextra));
@@ -542,9 +556,20 @@ pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra,
 		if (!pgbq_floor_slot_of(s, dboid, roleoid))
 			continue;
 		for (j = 0; j < s->nheld; j++)
+		{
 			ids[n++] = Int64GetDatum(s->held[j]);
+			if (from != NULL && s->held[j] >= from->id &&
+				s->held[j] - from->id < PGBQ_FLOOR_SPAN)
+				seen |= UINT64CONST(1) << (s->held[j] - from->id);
+		}
+		if (from != NULL && s->started_id != 0 && s->started_id >= from->id &&
+			s->started_id - from->id < PGBQ_FLOOR_SPAN)
+			seen |= UINT64CONST(1) << (s->started_id - from->id);
 	}
 	LWLockRelease(pgbq_shared->lock);
+	if (from != NULL)
+		*settled_to = from->id + (~seen == 0 ? PGBQ_FLOOR_SPAN :
+								  pg_rightmost_one_pos64(~seen));
 	if (max_held >= 0 && n - nextra > max_held)
 		n = nextra;
 	return construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,

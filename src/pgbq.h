@@ -338,7 +338,9 @@ extern bool pgbq_floor_span_settled(Oid dboid, Oid roleoid,
 									const PgbqClaimKey *found);
 extern struct ArrayType *pgbq_floor_held_ids(Oid dboid, Oid roleoid,
 												const int64 *extra, int nextra,
-												int max_held);
+												int max_held,
+												const PgbqClaimKey *from,
+												int64 *settled_to);
 
 /* ---------------------------------------------------------------------
  * Workflows (workflow.c): paused topics

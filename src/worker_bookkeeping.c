@@ -117,7 +117,7 @@ typedef struct PgbqDeferredFinish
 	bool		truncated;
 } PgbqDeferredFinish;
 
-static ArrayType *pgbq_claim_left_out(Oid roleoid);
+static ArrayType *pgbq_claim_left_out(Oid roleoid, PgbqClaimKey *scan_from);
 
 /* Held rows of other workers a claim leaves out, at most (see there). */
 #define PGBQ_CLAIM_LEFT_OUT_HELD	16
@@ -389,7 +389,7 @@ pgbq_floor_first_unheld(Oid roleoid, const PgbqClaimKey *start,
 	args[2] = TimestampTzGetDatum(start->next_run_at);
 	args[3] = Int64GetDatum(start->id);
 	args[4] = PointerGetDatum(pgbq_floor_held_ids(MyDatabaseId, roleoid,
-													  NULL, 0, -1));
+													  NULL, 0, -1, NULL, NULL));
 	rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_FLOOR_CHECK], args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "claim floor check failed: %s", SPI_result_code_string(rc));
@@ -487,6 +487,7 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 	int			round;
 	Oid			roleoid = pgbq_shared->slots[pgbq_slotno].roleoid;
 	PgbqClaimKey start;
+	PgbqClaimKey scan_from;
 	uint64		epoch = 0;
 	Datum		left_out;
 
@@ -509,9 +510,12 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 
 	/*
 	 * The same for every round: no task of the batch ends in between, and
-	 * a row held then and let go since is one this claim may skip.
+	 * a row held then and let go since is one this claim may skip.  The
+	 * scan starts past the rows just after the floor that workers hold or
+	 * run (scan_from: see pgbq_floor_held_ids).
 	 */
-	left_out = PointerGetDatum(pgbq_claim_left_out(roleoid));
+	scan_from = start;
+	left_out = PointerGetDatum(pgbq_claim_left_out(roleoid, &scan_from));
 
 	for (round = 0; round < PGBQ_CLAIM_ROUNDS; round++)
 	{
@@ -533,9 +537,9 @@ pgbq_claim(TimestampTz *wait_until, bool *blocked, const PgbqTask *batch)
 		args[0] = ObjectIdGetDatum(roleoid);
 		args[1] = TimestampTzGetDatum(now);
 		args[2] = pgbq_text_array(skipped);
-		args[3] = Int32GetDatum(start.priority);
-		args[4] = TimestampTzGetDatum(start.next_run_at);
-		args[5] = Int64GetDatum(start.id);
+		args[3] = Int32GetDatum(scan_from.priority);
+		args[4] = TimestampTzGetDatum(scan_from.next_run_at);
+		args[5] = Int64GetDatum(scan_from.id);
 		args[6] = left_out;
 		rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_CLAIM], args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
@@ -1035,18 +1039,25 @@ pgbq_batch_defer_finish(const PgbqTask *task)
  *		mark it finished.  Not when workers hold more than
  *		PGBQ_CLAIM_LEFT_OUT_HELD rows (batches): the claim compares every
  *		row it reads with every id, and their claims, committed together at
- *		a batch's end, seldom meet that case.
+ *		a batch's end, seldom meet that case.  Moves *scan_from (the floor
+ *		the claim read) past the ids just after it that workers hold or run.
  */
 static ArrayType *
-pgbq_claim_left_out(Oid roleoid)
+pgbq_claim_left_out(Oid roleoid, PgbqClaimKey *scan_from)
 {
 	int64	   *ids = palloc(Max(1, pgbq_batch_ndeferred) * sizeof(int64));
+	PgbqClaimKey floor = *scan_from;
+	int64		settled_to;
+	ArrayType  *left_out;
 	int			i;
 
 	for (i = 0; i < pgbq_batch_ndeferred; i++)
 		ids[i] = pgbq_batch_deferred[i].id;
-	return pgbq_floor_held_ids(MyDatabaseId, roleoid, ids,
-							   pgbq_batch_ndeferred, PGBQ_CLAIM_LEFT_OUT_HELD);
+	left_out = pgbq_floor_held_ids(MyDatabaseId, roleoid, ids,
+								   pgbq_batch_ndeferred, PGBQ_CLAIM_LEFT_OUT_HELD,
+								   &floor, &settled_to);
+	scan_from->id = settled_to;
+	return left_out;
 }
 
 /*
