@@ -130,7 +130,8 @@ static Size pgbq_batch_deferred_bytes = 0;	/* their results' size */
 /*
  * pgbq_plan_statement
  *		The text and parameter types of bookkeeping statement id for the
- *		task table of cat; NULL if these objects have no such statement.
+ *		task table of cat; NULL if these objects have no such statement
+ *		(the *_RESULT ones before 1.3).
  */
 static char *
 pgbq_plan_statement(const PgbqCatalog *cat, PgbqPlanId id, int *nargs,
@@ -149,70 +150,64 @@ pgbq_plan_statement(const PgbqCatalog *cat, PgbqPlanId id, int *nargs,
 	INT8ARRAYOID};
 	static const Oid many_types[] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID,
 	TIMESTAMPTZARRAYOID, JSONBARRAYOID, BOOLARRAYOID};
+	/* in PgbqPlanId's order */
+	static const int nargs_of[PGBQ_NPLANS] = {7, 4, 3, 4, 3, 6, 5, 4, 5, 3, 5, 3, 5};
+	bool		result = (id == PGBQ_PLAN_FINISH_RESULT ||
+						  id == PGBQ_PLAN_FINISH_RESULT_BY_ID ||
+						  id == PGBQ_PLAN_FINISH_CLAIMED_RESULT ||
+						  id == PGBQ_PLAN_FINISH_MANY_RESULT);
+	bool		by_tid = (id == PGBQ_PLAN_MARK || id == PGBQ_PLAN_FINISH ||
+						  id == PGBQ_PLAN_FINISH_RESULT);
 	const Oid  *t;
 	char	   *sql;
 
+	if (result && !cat->has_results)
+		return NULL;
 	switch (id)
 	{
 		case PGBQ_PLAN_CLAIM:
 			/* from the claim floor ($4, $5, $6; see claim_floor.c) */
 			sql = pgbq_sql_claim(cat);
 			t = claim_types;
-			*nargs = 7;
 			break;
 		case PGBQ_PLAN_MARK:
 		case PGBQ_PLAN_MARK_BY_ID:
-			sql = pgbq_sql_mark_running(cat, id == PGBQ_PLAN_MARK);
+			sql = pgbq_sql_mark_running(cat, by_tid);
 			t = mark_types;
-			*nargs = id == PGBQ_PLAN_MARK ? 4 : 3;
 			break;
 		case PGBQ_PLAN_FINISH:
 		case PGBQ_PLAN_FINISH_BY_ID:
-			sql = pgbq_sql_finish(cat, false, id == PGBQ_PLAN_FINISH);
-			t = finish_types;
-			*nargs = id == PGBQ_PLAN_FINISH ? 4 : 3;
-			break;
 		case PGBQ_PLAN_FINISH_RESULT:
 		case PGBQ_PLAN_FINISH_RESULT_BY_ID:
-			/* a task whose statements returned rows (1.3) */
-			if (!cat->has_results)
-				return NULL;
-			sql = pgbq_sql_finish(cat, true, id == PGBQ_PLAN_FINISH_RESULT);
-			t = finish_result_types;
-			*nargs = id == PGBQ_PLAN_FINISH_RESULT ? 6 : 5;
+			/* with the result: a task whose statements returned rows */
+			sql = pgbq_sql_finish(cat, result, by_tid);
+			t = result ? finish_result_types : finish_types;
 			break;
 		case PGBQ_PLAN_NEXT_ELIGIBLE:
 			sql = pgbq_sql_claim_next(cat);
 			t = next_types;
-			*nargs = 4;
 			break;
 		case PGBQ_PLAN_FLOOR_CHECK:
 			/* the first row still claimable between the floor and the claimed */
 			sql = pgbq_sql_claim_check(cat);
 			t = check_types;
-			*nargs = 5;
 			break;
 		case PGBQ_PLAN_FINISH_CLAIMED:
 		case PGBQ_PLAN_FINISH_CLAIMED_RESULT:
 			/* the tasks of a batch after its first */
-			if (id == PGBQ_PLAN_FINISH_CLAIMED_RESULT && !cat->has_results)
-				return NULL;
-			sql = pgbq_sql_finish_claimed(cat, id == PGBQ_PLAN_FINISH_CLAIMED_RESULT);
+			sql = pgbq_sql_finish_claimed(cat, result);
 			t = claimed_types;
-			*nargs = id == PGBQ_PLAN_FINISH_CLAIMED_RESULT ? 5 : 3;
 			break;
 		case PGBQ_PLAN_FINISH_MANY:
 		case PGBQ_PLAN_FINISH_MANY_RESULT:
 			/* their finished marks, written together at the batch's end */
-			if (id == PGBQ_PLAN_FINISH_MANY_RESULT && !cat->has_results)
-				return NULL;
-			sql = pgbq_sql_finish_claimed_many(cat, id == PGBQ_PLAN_FINISH_MANY_RESULT);
+			sql = pgbq_sql_finish_claimed_many(cat, result);
 			t = many_types;
-			*nargs = id == PGBQ_PLAN_FINISH_MANY_RESULT ? 5 : 3;
 			break;
 		default:
 			elog(ERROR, "unknown bookkeeping statement %d", (int) id);
 	}
+	*nargs = nargs_of[id];
 	memcpy(types, t, sizeof(Oid) * *nargs);
 	return sql;
 }
