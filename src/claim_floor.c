@@ -447,6 +447,22 @@ pgbq_floor_hold_unstarted(int64 id)
 }
 
 /*
+ * pgbq_floor_span_bit
+ *		The bit of id in a mask of the PGBQ_FLOOR_SPAN ids from start on, or
+ *		0 outside them.  Unsigned arithmetic: start may be the lowest key's
+ *		PG_INT64_MIN.
+ */
+static inline uint64
+pgbq_floor_span_bit(int64 start, int64 id)
+{
+	uint64		d = (uint64) id - (uint64) start;
+
+	if (id < start || d >= PGBQ_FLOOR_SPAN)
+		return 0;
+	return UINT64CONST(1) << d;
+}
+
+/*
  * pgbq_floor_span_settled
  *		Whether the floor check after a claim (pgbq_floor_propose) would
  *		propose found itself: whether no row of (database, role) with a
@@ -481,38 +497,32 @@ pgbq_floor_span_settled(Oid dboid, Oid roleoid, const PgbqClaimKey *start,
 {
 	uint64		seen = 0;
 	uint64		want;
-	int64		span = found->id - start->id;
+	uint64		span = (uint64) found->id - (uint64) start->id;
 	int			i;
 
 	if (start->priority != found->priority ||
 		start->next_run_at != found->next_run_at ||
-		span < 0 || span > PGBQ_FLOOR_SPAN)
+		found->id < start->id || span > PGBQ_FLOOR_SPAN)
 		return false;
 	if (span == 0)
 		return true;			/* nothing lies in [found, found) */
 	StaticAssertStmt(PGBQ_FLOOR_SPAN <= 64, "the span's ids are bits of a uint64");
 	want = (span == 64) ? ~UINT64CONST(0) : (UINT64CONST(1) << span) - 1;
 	LWLockAcquire(pgbq_shared->lock, LW_SHARED);
-	for (i = 0; i < pgbq_shared->nslots && seen != want; i++)
+	for (i = 0; i < pgbq_shared->nslots && (seen & want) != want; i++)
 	{
 		PgbqSlot   *s = &pgbq_shared->slots[i];
 		int			j;
-		int64		d;
 
 		if (!pgbq_floor_slot_of(s, dboid, roleoid))
 			continue;
 		for (j = 0; j < s->nheld; j++)
-		{
-			d = s->held[j] - start->id;
-			if (d >= 0 && d < span)
-				seen |= UINT64CONST(1) << d;
-		}
-		d = s->started_id - start->id;
-		if (s->started_id != 0 && d >= 0 && d < span)
-			seen |= UINT64CONST(1) << d;
+			seen |= pgbq_floor_span_bit(start->id, s->held[j]);
+		if (s->started_id != 0)
+			seen |= pgbq_floor_span_bit(start->id, s->started_id);
 	}
 	LWLockRelease(pgbq_shared->lock);
-	return seen == want;
+	return (seen & want) == want;
 }
 
 /*
@@ -558,13 +568,11 @@ pgbq_floor_held_ids(Oid dboid, Oid roleoid, const int64 *extra, int nextra,
 		for (j = 0; j < s->nheld; j++)
 		{
 			ids[n++] = Int64GetDatum(s->held[j]);
-			if (from != NULL && s->held[j] >= from->id &&
-				s->held[j] - from->id < PGBQ_FLOOR_SPAN)
-				seen |= UINT64CONST(1) << (s->held[j] - from->id);
+			if (from != NULL)
+				seen |= pgbq_floor_span_bit(from->id, s->held[j]);
 		}
-		if (from != NULL && s->started_id != 0 && s->started_id >= from->id &&
-			s->started_id - from->id < PGBQ_FLOOR_SPAN)
-			seen |= UINT64CONST(1) << (s->started_id - from->id);
+		if (from != NULL && s->started_id != 0)
+			seen |= pgbq_floor_span_bit(from->id, s->started_id);
 	}
 	LWLockRelease(pgbq_shared->lock);
 	if (from != NULL)
