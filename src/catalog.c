@@ -456,12 +456,6 @@ pgbq_send_held(void)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 
-	/* the listener may have gone since they were held (see listeners.c) */
-	if (!pgbq_anyone_listens(MyDatabaseId))
-	{
-		pgbq_npending = 0;
-		return;
-	}
 	PG_TRY();
 	{
 		StartTransactionCommand();

@@ -434,16 +434,18 @@ pgbq_mark_running(PgbqTask *task)
 {
 	Datum		args[4];
 	bool		isnull;
-	int			rc = SPI_OK_UPDATE_RETURNING;
+	int			rc;
 
 	args[0] = Int64GetDatum(task->id);
 	args[1] = TimestampTzGetDatum(task->claimed_at);
 	args[2] = Int32GetDatum(MyProcPid);
 	args[3] = PointerGetDatum(&task->claimed_tid);
-	SPI_processed = 0;
-	if (ItemPointerIsValid(&task->claimed_tid))
-		rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_MARK], args, NULL, false, 1);
-	/* the version locked by the claim is the row's current one: never taken */
+
+	/*
+	 * The claim locked that version in this transaction, so it is the row's
+	 * current one; by id only as a safeguard.
+	 */
+	rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_MARK], args, NULL, false, 1);
 	if (rc == SPI_OK_UPDATE_RETURNING && SPI_processed == 0)
 		rc = SPI_execute_plan(pgbq_plans[PGBQ_PLAN_MARK_BY_ID], args, NULL,
 							  false, 1);
